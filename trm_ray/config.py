@@ -1,0 +1,278 @@
+"""One typed config tree for trm-ray: pydantic models, YAML recipes, `key=value` overrides.
+
+Hyperparameters keep the reference names (TRM_SPEC 1, DESIGN "Conventions"), so a reference
+command line's overrides work unchanged:
+
+    cfg = load_train_config("experiments/sudoku-mlp.yaml", ["arch.L_cycles=6", "lr=1e-4"])
+
+Ray-only settings live under `ray.*`, checkpointing under `checkpoint.*`, W&B under `tracking.*`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message names the key and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture (TRM_SPEC 1)
+# --------------------------------------------------------------------------------------------
+class ArchConfig(_Strict):
+    """The TRM network. Names are the reference's public ones; paper symbols in comments."""
+
+    name: str = Field("trm", description="Architecture name (only 'trm'; reference names accepted).")
+    H_cycles: int = Field(3, ge=1, description="T in the paper: deep-recursion cycles (T-1 without gradient).")
+    L_cycles: int = Field(6, ge=1, description="n in the paper: latent updates per cycle.")
+    H_layers: int = Field(0, ge=0, description="Ignored by TRM (kept for reference configs).")
+    L_layers: int = Field(2, ge=1, description="Blocks in the one shared reasoning network.")
+    hidden_size: int = Field(512, ge=1, description="D: width of every token state.")
+    num_heads: int = Field(8, ge=1, description="Attention heads; must divide hidden_size.")
+    expansion: float = Field(4.0, gt=0, description="SwiGLU expansion factor.")
+    puzzle_emb_ndim: Optional[int] = Field(
+        None, ge=0, description="Puzzle embedding width; None means hidden_size, 0 disables it."
+    )
+    puzzle_emb_len: int = Field(16, ge=0, description="P: prefix positions; 0 means ceil(puzzle_emb_ndim / D).")
+    pos_encodings: Literal["rope", "learned", "none"] = Field("rope", description="Position encoding.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base.")
+    rms_norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    halt_max_steps: int = Field(16, ge=1, description="N_sup in the paper: deep-supervision steps.")
+    halt_exploration_prob: float = Field(0.1, ge=0, le=1, description="Probability of a random minimum halt step.")
+    no_ACT_continue: bool = Field(True, description="Halt on sigmoid(q_halt) > 0.5 alone (no continue target).")
+    mlp_t: bool = Field(False, description="MLP over the sequence axis instead of self-attention (TRM-MLP).")
+    forward_dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Activation dtype.")
+    loss_type: Literal["stablemax_cross_entropy", "softmax_cross_entropy"] = Field(
+        "stablemax_cross_entropy", description="Token loss."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_reference_layout(cls, data: Any) -> Any:
+        # The reference nests the loss as arch.loss = {name: losses@ACTLossHead, loss_type: ...}
+        # and names the architecture by import path; accept both so its configs load unchanged.
+        if isinstance(data, dict):
+            data = dict(data)
+            loss = data.pop("loss", None)
+            if isinstance(loss, dict) and "loss_type" in loss:
+                data.setdefault("loss_type", loss["loss_type"])
+            if isinstance(data.get("name"), str) and "trm" in data["name"].lower():
+                data["name"] = "trm"
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "ArchConfig":
+        if self.name != "trm":
+            raise ValueError(f"arch.name={self.name!r} is not supported; use 'trm'")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"arch.num_heads={self.num_heads} must divide arch.hidden_size={self.hidden_size}"
+            )
+        if self.pos_encodings == "rope" and (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("arch.pos_encodings=rope needs an even head dim (hidden_size / num_heads)")
+        return self
+
+    # Derived values the model uses; defined once here so every module agrees.
+    @property
+    def puzzle_emb_dim(self) -> int:
+        return self.hidden_size if self.puzzle_emb_ndim is None else self.puzzle_emb_ndim
+
+    @property
+    def puzzle_prefix_len(self) -> int:
+        """P. Zero without a puzzle embedding (reference defect fixed, TRM_SPEC 3.2)."""
+        if self.puzzle_emb_dim == 0:
+            return 0
+        if self.puzzle_emb_len == 0:
+            return math.ceil(self.puzzle_emb_dim / self.hidden_size)
+        return self.puzzle_emb_len
+
+
+class DataShape(_Strict):
+    """What the dataset fixes about the model (TRM_SPEC 1 'derived from the dataset')."""
+
+    seq_len: int = Field(..., ge=1, description="S: tokens per example.")
+    vocab_size: int = Field(..., ge=2, description="V: token vocabulary.")
+    num_puzzle_identifiers: int = Field(..., ge=1, description="Rows of the puzzle table.")
+
+
+# --------------------------------------------------------------------------------------------
+# Ray, checkpointing, tracking
+# --------------------------------------------------------------------------------------------
+class RayConfig(_Strict):
+    """How the run uses Ray. None of these change what is computed."""
+
+    address: Optional[str] = Field(None, description="Ray address; None starts/uses a local instance (or RAY_ADDRESS).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker; nccl instead of gloo.")
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Ray resources per worker.")
+    storage_path: str = Field("runs", description="Where run folders go (local path or s3:// / gs:// URI).")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts before the run fails (-1: forever).")
+    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per worker; None: CPUs/worker.")
+
+
+class CheckpointConfig(_Strict):
+    num_to_keep: Optional[int] = Field(2, ge=1, description="Checkpoints kept besides the best one; None keeps all.")
+    every_eval: bool = Field(True, description="Checkpoint at every evaluation (reference: checkpoint_every_eval).")
+
+
+class TrackingConfig(_Strict):
+    wandb: bool = Field(True, description="Record to W&B (offline files when there are no credentials).")
+    project: Optional[str] = Field(None, description="W&B project; None derives it from the dataset name.")
+    group: Optional[str] = Field(None, description="W&B group (a sweep sets it).")
+    mode: Optional[Literal["online", "offline", "disabled"]] = Field(
+        None, description="W&B mode; None: online with credentials, offline without."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training recipe (reference pretrain config + Ray keys)
+# --------------------------------------------------------------------------------------------
+class TrainConfig(_Strict):
+    """A training recipe. Defaults are the reference's cfg_pretrain.yaml."""
+
+    arch: ArchConfig = Field(default_factory=ArchConfig)
+    data_paths: list[str] = Field(default_factory=list, description="Dataset folders (or URIs) trained together.")
+    data_paths_test: list[str] = Field(default_factory=list, description="Eval datasets; empty means data_paths.")
+    evaluators: list[dict[str, Any]] = Field(default_factory=list, description="Extra evaluators, e.g. [{name: arc}].")
+
+    global_batch_size: int = Field(768, ge=1, description="Examples per optimizer step over all workers.")
+    epochs: int = Field(100000, ge=1, description="Passes over the training groups.")
+    eval_interval: Optional[int] = Field(10000, ge=1, description="Epochs between evaluations; must divide epochs.")
+    min_eval_interval: int = Field(0, ge=0, description="No evaluation before this many eval intervals.")
+    eval_save_outputs: list[str] = Field(default_factory=list, description="Eval tensors to save.")
+
+    lr: float = Field(1e-4, ge=0, description="Base learning rate of AdamATan2.")
+    lr_min_ratio: float = Field(1.0, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    lr_warmup_steps: int = Field(2000, ge=0, description="Linear warmup steps.")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0)
+    puzzle_emb_lr: float = Field(1e-2, ge=0, description="Sign-SGD lr of the puzzle table.")
+    puzzle_emb_weight_decay: float = Field(0.1, ge=0)
+
+    ema: bool = Field(False, description="Keep an EMA of the weights; eval and checkpoints use it.")
+    ema_rate: float = Field(0.999, ge=0, le=1, description="mu: shadow = (1-mu)*param + mu*shadow.")
+    freeze_weights: bool = Field(False, description="Train only the puzzle embedding.")
+    seed: int = Field(0, description="Seeds the model init, the loader and ACT exploration.")
+
+    compile: Optional[bool] = Field(None, description="torch.compile the model; None: on CUDA only.")
+    project_name: Optional[str] = Field(None, description="Reference name of the W&B project (alias of tracking.project).")
+    run_name: Optional[str] = Field(None, description="Run name; None generates one.")
+    checkpoint_path: Optional[str] = Field(None, description="Reference key; trm-ray uses ray.storage_path/run_name.")
+    checkpoint_every_eval: Optional[bool] = Field(None, description="Reference alias of checkpoint.every_eval.")
+    load_checkpoint: Optional[str] = Field(None, description="Initialise from this checkpoint (reference or trm-ray).")
+
+    ray: RayConfig = Field(default_factory=RayConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.eval_interval is not None and self.epochs % self.eval_interval:
+            raise ValueError(f"eval_interval={self.eval_interval} must divide epochs={self.epochs}")
+        if self.global_batch_size % self.ray.num_workers:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} must be a multiple of "
+                f"ray.num_workers={self.ray.num_workers}"
+            )
+        return self
+
+    @property
+    def batch_size_per_worker(self) -> int:
+        return self.global_batch_size // self.ray.num_workers
+
+
+# --------------------------------------------------------------------------------------------
+# YAML + overrides
+# --------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A `key=value` right-hand side as YAML would read it (numbers, bools, lists, null)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (hydra style, `+`/`++` prefixes accepted) to nested dicts."""
+    data = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. arch.L_cycles=6)")
+        key, value = item.split("=", 1)
+        key = key.lstrip("+").strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = parse_value(value)
+    return data
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML recipe path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted key."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; `trm-ray train --dry-run` shows every key)"
+        lines.append(f"{key}: {message}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def build(model: type[BaseModel], data: dict[str, Any], source: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source or model.__name__)) from None
+
+
+def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
+    data = read_yaml(path) if path is not None else {}
+    data.pop("defaults", None)  # hydra's composition list in reference configs
+    data = apply_overrides(data, list(overrides))
+    return build(TrainConfig, data, str(path) if path else "")
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
