@@ -17,7 +17,7 @@ def __getattr__(name: str):
 
         return getattr(checkpoint, name)
     if name == "predict":
-        from trm_ray.predict import predict
+        from trm_ray.inference import predict
 
         return predict
     raise AttributeError(f"module 'trm_ray' has no attribute {name!r}")

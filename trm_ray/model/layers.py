@@ -1,0 +1,192 @@
+"""Building blocks of the TRM network (TRM_SPEC 2-3): casted linear/embedding, RMSNorm,
+RoPE, attention, SwiGLU, and the post-norm block in its attention and MLP-T variants.
+
+Parameters are stored in fp32 and cast to the activation dtype at use, so a bf16 forward
+keeps fp32 master weights (what the optimizer updates). Module and parameter names match
+the reference so state dicts move both ways.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> torch.Tensor:
+    """JAX-style truncated normal: N(0, 1) cut to [lower, upper], rescaled so that the *truncated*
+    distribution has standard deviation `std` (torch.nn.init.trunc_normal_ does not rescale)."""
+    with torch.no_grad():
+        if std == 0:
+            return tensor.zero_()
+        # Variance of a standard normal truncated to [a, b]: 1 + (a phi(a) - b phi(b)) / Z - ((phi(a) - phi(b)) / Z)^2
+        phi = lambda x: math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
+        cdf_lo, cdf_hi = math.erf(lower / math.sqrt(2)), math.erf(upper / math.sqrt(2))
+        mass = (cdf_hi - cdf_lo) / 2
+        truncated_var = 1 + (lower * phi(lower) - upper * phi(upper)) / mass - ((phi(lower) - phi(upper)) / mass) ** 2
+        scale = std / math.sqrt(truncated_var)
+        # Inverse-CDF sampling: uniform in erf space -> erfinv -> normal restricted to [lower, upper].
+        tensor.uniform_(cdf_lo, cdf_hi).erfinv_().mul_(math.sqrt(2) * scale)
+        return tensor.clamp_(lower * scale, upper * scale)
+
+
+class CastedLinear(nn.Module):
+    """Linear layer with fp32 weights cast to the input dtype; weight std 1/sqrt(fan_in), bias zero."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=1.0 / math.sqrt(in_features)))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastedEmbedding(nn.Module):
+    """Embedding table stored fp32, looked up then cast to the forward dtype."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
+        super().__init__()
+        self.cast_to = cast_to
+        self.embedding_weight = nn.Parameter(trunc_normal_(torch.empty(num_embeddings, embedding_dim), std=init_std))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+
+
+def rms_norm(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
+    """Weightless RMSNorm over axis `dim`, computed in fp32 and cast back."""
+    x32 = x.float()
+    if dim == -1:
+        return F.rms_norm(x32, (x.shape[-1],), eps=eps).to(x.dtype)
+    return (x32 * torch.rsqrt(x32.square().mean(dim, keepdim=True) + eps)).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the rotate-half RoPE convention, positions 0..length-1, in fp32.
+
+    Built for `max_positions` and extended on demand, so the table never has to come from a
+    checkpoint (it is not in reference state dicts) nor from the dataset."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float):
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+        cos, sin = self._tables(max_positions)
+        self.register_buffer("cos_cached", cos, persistent=False)
+        self.register_buffer("sin_cached", sin, persistent=False)
+
+    def _tables(self, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+                                        / self.head_dim))
+        freqs = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (length, head_dim)
+        return angles.cos(), angles.sin()
+
+    def forward(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if length > self.cos_cached.shape[0]:
+            self.cos_cached, self.sin_cached = self._tables(length, self.cos_cached.device)
+        return self.cos_cached[:length], self.sin_cached[:length]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, S, heads, head_dim); cos/sin: (S, head_dim) fp32. Math in fp32, result in x's dtype."""
+    x32 = x.float()
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention; one qkv projection laid out [q heads | k heads | v heads]."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
+        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        batch, seq, hidden = x.shape
+        qkv = self.qkv_proj(x).view(batch, seq, 3 * self.num_heads, self.head_dim)
+        q, k, v = qkv.split(self.num_heads, dim=2)  # each (B, S, heads, head_dim)
+        if cos_sin is not None:
+            q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+        # SDPA wants (B, heads, S, head_dim)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=False)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, hidden))
+
+
+def swiglu_intermediate(width: int, expansion: float) -> int:
+    """round(expansion * width * 2/3) rounded up to a multiple of 256."""
+    inter = round(expansion * width * 2 / 3)
+    return -(-inter // 256) * 256
+
+
+class SwiGLU(nn.Module):
+    """out = down(silu(gate) * up), with one gate_up projection split [gate | up]."""
+
+    def __init__(self, width: int, expansion: float):
+        super().__init__()
+        inter = swiglu_intermediate(width, expansion)
+        self.gate_up_proj = CastedLinear(width, 2 * inter, bias=False)
+        self.down_proj = CastedLinear(inter, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+    def forward_over_axis1(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map applied along axis 1 of x (B, W, D): equal to forward(x.mT).mT, computed
+        as left matrix products so the (B, D, W) transposed copies of the MLP-T variant are never
+        materialised."""
+        w_gate_up = self.gate_up_proj.weight.to(x.dtype)  # (2I, W)
+        gate, up = torch.matmul(w_gate_up, x).chunk(2, dim=1)  # (B, I, D) each
+        return torch.matmul(self.down_proj.weight.to(x.dtype), F.silu(gate) * up)  # (B, W, D)
+
+
+class Block(nn.Module):
+    """Post-norm block: token mixing (attention, or an MLP over the sequence axis for MLP-T),
+    then a channel SwiGLU, each as h = rms_norm(h + f(h))."""
+
+    def __init__(self, hidden_size: int, num_heads: int, expansion: float, rms_norm_eps: float,
+                 mlp_t_width: int | None):
+        super().__init__()
+        self.norm_eps = rms_norm_eps
+        if mlp_t_width is not None:
+            self.mlp_t = SwiGLU(mlp_t_width, expansion)  # width = S + P
+        else:
+            self.self_attn = Attention(hidden_size, num_heads)
+        self.mlp = SwiGLU(hidden_size, expansion)
+
+    def forward(self, h: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        if hasattr(self, "mlp_t"):
+            # Reference: transpose to (B, D, S+P), h = rms_norm(h + SwiGLU(h)) over the sequence
+            # axis, transpose back. The norm then runs over the sequence axis (axis 1 here).
+            mixed = h + self.mlp_t.forward_over_axis1(h)
+            h = rms_norm(mixed, self.norm_eps, dim=1)
+        else:
+            h = rms_norm(h + self.self_attn(h, cos_sin), self.norm_eps)
+        return rms_norm(h + self.mlp(h), self.norm_eps)
+
+
+class ReasoningModule(nn.Module):
+    """The ONE network TRM applies for both updates: net(h, injection) = blocks(h + injection)."""
+
+    def __init__(self, layers: list[Block]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, h: torch.Tensor, injection: torch.Tensor,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, cos_sin)
+        return h
