@@ -1,0 +1,246 @@
+"""Checkpoints that move between the reference code and trm-ray both ways (TRM_SPEC 10).
+
+A model checkpoint is the reference's own format: `torch.save(state_dict)` of the loss head
+wrapping the model, keys `_orig_mod.model.inner.*` (what a compiled reference run saves and
+loads), with an `all_config.yaml` beside it. trm-ray writes the same file, plus its own
+config inside that YAML, so either side can load the other's weights:
+
+    save_checkpoint(model, "runs/x/step_100", config)   # writes step_100 + all_config.yaml
+    model = load_checkpoint("runs/x/step_100")           # or a published reference file
+
+Checkpoints are data, never code: `torch.load(weights_only=True)` only.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from trm_ray.config import ArchConfig, ConfigError, DataShape, TrainConfig, build, read_yaml
+
+COMPILED_PREFIX = "_orig_mod."
+PUZZLE_TABLE_KEY = "model.inner.puzzle_emb.weights"
+CONFIG_FILE = "all_config.yaml"
+MODEL_FILE = "model.pt"  # inside a trm-ray checkpoint folder (Ray Train checkpoints are folders)
+REFERENCE_ARCH_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+REFERENCE_LOSS_NAME = "losses@ACTLossHead"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+def resolve_weights_file(path: str | os.PathLike) -> Path:
+    """A weights file, or a trm-ray checkpoint folder holding model.pt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a weights file or a checkpoint folder")
+    return path
+
+
+def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict at `path` with any `_orig_mod.` prefix removed."""
+    path = resolve_weights_file(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds pickled Python objects, not plain tensors, and trm-ray "
+            f"never runs code from a checkpoint (weights_only=True); re-save it as "
+            f"torch.save(model.state_dict()) ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a readable torch checkpoint (truncated or corrupt?): "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a state dict of tensors; save model.state_dict()")
+    return {k.removeprefix(COMPILED_PREFIX): v for k, v in state.items()}
+
+
+def read_config_beside(path: str | os.PathLike) -> dict[str, Any] | None:
+    """all_config.yaml next to a reference checkpoint file (or inside a trm-ray folder)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / CONFIG_FILE
+    return read_yaml(candidate) if candidate.is_file() else None
+
+
+def _arch_from(config: Any) -> tuple[ArchConfig, dict[str, Any]]:
+    """(arch, the whole config dict) from any accepted form of `config`."""
+    if isinstance(config, TrainConfig):
+        return config.arch, config.model_dump()
+    if isinstance(config, ArchConfig):
+        return config, {"arch": config.model_dump()}
+    if isinstance(config, (str, os.PathLike)):
+        config = read_yaml(config)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a TrainConfig, ArchConfig, dict or YAML path, not {type(config).__name__}")
+    arch = dict(config.get("arch", config))
+    # Reference configs (and forks) may carry arch keys trm-ray does not know; they cannot
+    # change the computation of a TRM we build, so note and drop them rather than refuse.
+    known = set(ArchConfig.model_fields) | {"loss"}
+    unknown = sorted(set(arch) - known)
+    if unknown:
+        print(f"trm-ray: ignoring unknown arch keys in the checkpoint config: {', '.join(unknown)}", file=sys.stderr)
+        arch = {k: v for k, v in arch.items() if k in known}
+    return build(ArchConfig, arch, "arch"), dict(config)
+
+
+def shape_from_state_dict(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> DataShape:
+    """seq_len, vocab_size, num_puzzle_identifiers as fixed by the tensors themselves."""
+    vocab = state["model.inner.embed_tokens.embedding_weight"].shape[0]
+    table = state.get(PUZZLE_TABLE_KEY)
+    num_ids = table.shape[0] if table is not None else 1
+    total_len = None  # S + P, fixed only by MLP-T widths or a learned position table
+    if "model.inner.embed_pos.embedding_weight" in state:
+        total_len = state["model.inner.embed_pos.embedding_weight"].shape[0]
+    elif "model.inner.L_level.layers.0.mlp_t.down_proj.weight" in state:
+        total_len = state["model.inner.L_level.layers.0.mlp_t.down_proj.weight"].shape[0]
+    # RoPE and no-position attention models work at any length; the table grows on demand.
+    seq_len = total_len - arch.puzzle_prefix_len if total_len is not None else 1
+    return DataShape(seq_len=seq_len, vocab_size=vocab, num_puzzle_identifiers=num_ids)
+
+
+def arch_fixed_by_tensors(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> ArchConfig:
+    """Overwrite the config's widths with what the tensors say (they cannot lie)."""
+    fixed: dict[str, Any] = {"hidden_size": state["model.inner.embed_tokens.embedding_weight"].shape[1]}
+    fixed["L_layers"] = len({k.split(".")[4] for k in state if k.startswith("model.inner.L_level.layers.")}) or arch.L_layers
+    fixed["mlp_t"] = any(".mlp_t." in k for k in state)
+    table = state.get(PUZZLE_TABLE_KEY)
+    fixed["puzzle_emb_ndim"] = table.shape[1] if table is not None else 0
+    if "model.inner.embed_pos.embedding_weight" in state:
+        fixed["pos_encodings"] = "learned"
+    return ArchConfig(**{**arch.model_dump(), **fixed})
+
+
+def _dataset_num_identifiers(config: dict[str, Any]) -> int | None:
+    """num_puzzle_identifiers of the config's datasets, when they exist on this machine."""
+    for data_path in config.get("data_paths") or []:
+        meta = Path(str(data_path)) / "train" / "dataset.json"
+        if meta.is_file():
+            return int(yaml.safe_load(meta.read_text())["num_puzzle_identifiers"])
+    return None
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """load_state_dict with the reference's puzzle-table rule and one error listing every problem.
+
+    A puzzle table with another number of rows (a different dataset) is reset to the mean of
+    the saved rows, as the reference does."""
+    expected = model.state_dict()
+    state = dict(state)
+    table = state.get(PUZZLE_TABLE_KEY)
+    if table is not None and PUZZLE_TABLE_KEY in expected and table.shape != expected[PUZZLE_TABLE_KEY].shape \
+            and table.shape[1:] == expected[PUZZLE_TABLE_KEY].shape[1:]:
+        print(f"trm-ray: {source}: puzzle table has {table.shape[0]} rows, the model {expected[PUZZLE_TABLE_KEY].shape[0]};"
+              f" every row reset to the mean of the saved rows", file=sys.stderr)
+        state[PUZZLE_TABLE_KEY] = table.mean(0, keepdim=True).expand_as(expected[PUZZLE_TABLE_KEY]).contiguous()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                        for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                parts.append(f"{label}: {', '.join(items)}")
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}); "
+                              f"check that the config (all_config.yaml or config=) matches the checkpoint")
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: str | os.PathLike, config: Any = None, map_location: Any = "cpu"):
+    """A TRM (with its loss head) in eval mode from a reference or trm-ray checkpoint.
+
+    config: None (read all_config.yaml beside the file), a TrainConfig/ArchConfig, a dict or a
+    YAML path. Recursion settings come from it; every width the tensors fix comes from them."""
+    from trm_ray.model import build_model
+
+    state = read_state_dict(path, map_location="cpu")
+    if config is None:
+        config = read_config_beside(path)
+        if config is None:
+            raise CheckpointError(f"no {CONFIG_FILE} beside checkpoint {str(path)!r}; pass config= "
+                                  f"(a recipe YAML or TrainConfig) with the run's arch settings")
+    arch, config_dict = _arch_from(config)
+    if "model.inner.embed_tokens.embedding_weight" not in state:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no model.inner.embed_tokens weights; is it a TRM checkpoint?")
+    arch = arch_fixed_by_tensors(state, arch)
+    shape = shape_from_state_dict(state, arch)
+    num_ids = _dataset_num_identifiers(config_dict)
+    if num_ids is not None:
+        shape = DataShape(**{**shape.model_dump(), "num_puzzle_identifiers": num_ids})
+    model = build_model(arch, shape, batch_size=1)
+    load_weights_into(model, state, source=f"checkpoint {str(path)!r}")
+    return model.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+def reference_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The loss head's state dict with `_orig_mod.` keys, as a compiled reference run saves it."""
+    model = getattr(model, "_orig_mod", model)
+    return {COMPILED_PREFIX + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def reference_config_dict(arch: ArchConfig, config: TrainConfig | None = None,
+                          shape: DataShape | None = None) -> dict[str, Any]:
+    """all_config.yaml in the reference layout (arch.name, arch.loss), trm-ray keys alongside."""
+    data = config.model_dump(mode="json") if config is not None else {}
+    arch_dict = arch.model_dump(mode="json")
+    loss_type = arch_dict.pop("loss_type")
+    arch_dict.pop("name")
+    arch_dict["puzzle_emb_ndim"] = arch.puzzle_emb_dim
+    data["arch"] = {"name": REFERENCE_ARCH_NAME, "loss": {"name": REFERENCE_LOSS_NAME, "loss_type": loss_type}, **arch_dict}
+    if shape is not None:
+        data["data_shape"] = shape.model_dump()
+    return data
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, config: TrainConfig | ArchConfig | None = None,
+                    shape: DataShape | None = None) -> Path:
+    """Write the weights at `path` (reference format) and all_config.yaml beside it.
+
+    A `path` that is an existing folder or ends with '/' gets model.pt inside it."""
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        path = path / MODEL_FILE
+    inner = getattr(model, "_orig_mod", model)
+    arch = config.arch if isinstance(config, TrainConfig) else (config or inner.model.arch)
+    if shape is None:
+        shape = inner.model.inner.shape
+    atomic_write(path, lambda tmp: torch.save(reference_state_dict(model), tmp))
+    text = yaml.safe_dump(reference_config_dict(arch, config if isinstance(config, TrainConfig) else None, shape),
+                          sort_keys=False)
+    atomic_write(path.parent / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return path
