@@ -1,0 +1,132 @@
+"""The training step: data parallelism over gloo equals one process on the whole batch, and
+the step applies the schedule, both optimizers and the EMA as TRM_SPEC 5-6 say."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trm_ray.config import DataShape, TrainConfig
+from trm_ray.train.step import create_train_state, train_step
+
+SHAPE = DataShape(seq_len=12, vocab_size=7, num_puzzle_identifiers=9)
+GLOBAL_BATCH = 8
+NUM_STEPS = 3
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    arch = dict(hidden_size=32, num_heads=4, H_cycles=2, L_cycles=2, L_layers=2, puzzle_emb_len=2,
+                forward_dtype="float32", halt_max_steps=2, halt_exploration_prob=0.0)
+    arch.update(overrides.pop("arch", {}))
+    base = dict(arch=arch, global_batch_size=GLOBAL_BATCH, lr=3e-3, lr_warmup_steps=1, puzzle_emb_lr=1e-2,
+                weight_decay=0.1, puzzle_emb_weight_decay=0.1, seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def make_batches(num: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(11)
+    batches = []
+    for _ in range(num):
+        labels = torch.randint(1, SHAPE.vocab_size, (GLOBAL_BATCH, SHAPE.seq_len), generator=g)
+        labels[:, -3:] = -100  # some ignored positions, as padding gives
+        batches.append({
+            "inputs": torch.randint(0, SHAPE.vocab_size, (GLOBAL_BATCH, SHAPE.seq_len), generator=g),
+            "labels": labels,
+            # repeated ids across ranks so the sparse gradient sum across workers matters
+            "puzzle_identifiers": torch.randint(1, 4, (GLOBAL_BATCH,), generator=g, dtype=torch.int32),
+        })
+    return batches
+
+
+def final_state(state) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.module.state_dict().items()}
+
+
+def _worker(rank: int, world: int, port: int, out_path: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        state = create_train_state(tiny_config(), SHAPE, total_steps=100)
+        local = GLOBAL_BATCH // world
+        for batch in make_batches(NUM_STEPS):
+            train_step(state, {k: v[rank * local:(rank + 1) * local] for k, v in batch.items()})
+        if rank == 0:
+            torch.save(final_state(state), out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_workers_equal_one_process_on_the_concatenated_batch(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    distributed = torch.load(out, weights_only=True)
+
+    state = create_train_state(tiny_config(), SHAPE, total_steps=100)
+    initial = final_state(state)
+    for batch in make_batches(NUM_STEPS):
+        train_step(state, batch)
+    single = final_state(state)
+
+    assert distributed.keys() == single.keys()
+    for key in single:
+        torch.testing.assert_close(distributed[key], single[key], rtol=0, atol=1e-5, msg=key)
+    # and the run really trained: parameters and the puzzle table moved
+    table = "model.inner.puzzle_emb.weights"
+    assert not torch.equal(single[table], initial[table])
+    assert not torch.equal(single["model.inner.lm_head.weight"], initial["model.inner.lm_head.weight"])
+
+
+def test_schedule_sparse_sign_sgd_and_ema_as_specified():
+    config = tiny_config(lr=1e-2, lr_warmup_steps=2, lr_min_ratio=0.5, ema=True, ema_rate=0.9)
+    total = 5
+    state = create_train_state(config, SHAPE, total_steps=total)
+    batches = make_batches(total + 1)
+    shadow = {k: v.detach().clone() for k, v in state.module.named_parameters()}
+    lrs = []
+    for step, batch in enumerate(batches, start=1):
+        table_before = state.module.model.inner.puzzle_emb.weights.clone()
+        metrics = train_step(state, batch)
+        if step > total:
+            assert metrics is None  # schedule exhausted: no update
+            break
+        # the lr of TRM_SPEC 6, written out
+        expected = 1e-2 * step / 2 if step < 2 else 1e-2 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 3)))
+        lrs.append(metrics["train/lr"])
+        assert metrics["train/lr"] == pytest.approx(expected)
+        # sparse sign-SGD: only rows of this batch's ids move, by exactly +-lr (after decay)
+        table_after = state.module.model.inner.puzzle_emb.weights
+        touched = torch.unique(batch["puzzle_identifiers"]).long()
+        untouched = torch.tensor([i for i in range(SHAPE.num_puzzle_identifiers) if i not in touched.tolist()])
+        assert torch.equal(table_after[untouched], table_before[untouched])
+        emb_lr = expected / 1e-2 * 1e-2  # same schedule on puzzle_emb_lr = 1e-2
+        step_size = (table_before[touched] * (1 - emb_lr * 0.1) - table_after[touched]).abs()
+        assert torch.allclose(step_size[step_size > 0], torch.full_like(step_size[step_size > 0], emb_lr), atol=1e-7)
+        # EMA of the parameters: shadow = 0.1 * param + 0.9 * shadow
+        for name, param in state.module.named_parameters():
+            shadow[name] = 0.1 * param.detach() + 0.9 * shadow[name]
+    ema_model = state.ema.model_copy(state.module)
+    for name, param in ema_model.named_parameters():
+        torch.testing.assert_close(param, shadow[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_freeze_weights_trains_only_the_puzzle_table():
+    state = create_train_state(tiny_config(freeze_weights=True), SHAPE, total_steps=10)
+    before = final_state(state)
+    for batch in make_batches(2):
+        train_step(state, batch)
+    after = final_state(state)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.inner.puzzle_emb.weights"}
