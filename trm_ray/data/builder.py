@@ -1,0 +1,289 @@
+"""Build a dataset from a recipe as a Ray Data pipeline (`trm-ray data build`).
+
+    from trm_ray.data.builder import build_dataset
+    info = build_dataset("datasets/sudoku-4x4-quickstart.yaml", "data/sudoku-4x4-quickstart")
+
+The driver reads the source puzzles (small), Ray Data tasks turn batches of them into
+encoded groups (augment, encode, de-duplicate), and the driver appends the groups in order
+to the output files as they arrive (trm_ray.data.writer): memory stays bounded by a few
+batches, and the bytes depend only on the recipe and its seed, never on CPUs or batching.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pickle
+import platform
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import numpy as np
+
+from trm_ray.data import groups as G
+from trm_ray.data.recipe import DatasetRecipe, load_recipe
+from trm_ray.data.sources import CsvRow, DatasetBuildError, load_arc, read_source_csvs
+from trm_ray.data.transforms import ARC_SEQ_LEN, ARC_VOCAB_SIZE, MAZE_VOCAB_SIZE, STREAM_SUBSAMPLE, rng_for
+from trm_ray.data.writer import DatasetWriter
+
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Ordered parallel map: Ray Data when asked, a plain loop otherwise (same results)
+# ---------------------------------------------------------------------------------------------
+def _apply_batch(batch: dict[str, np.ndarray], fn: Callable[[Any], Any]) -> dict[str, np.ndarray]:
+    # One output row per batch: the pickled list of results keeps ragged groups in one blob.
+    results = [fn(pickle.loads(blob)) for blob in batch["item"]]
+    return {"out": np.array([pickle.dumps(results, protocol=5)], dtype=object)}
+
+
+@contextmanager
+def _ray_session(num_cpus: Optional[int]) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def ordered_map(
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    *,
+    batch_size: int,
+    use_ray: bool,
+    num_blocks: Optional[int] = None,
+) -> Iterator[Any]:
+    """fn(item) for every item, in order, computed by Ray Data tasks of `batch_size` items."""
+    if not items:
+        return
+    if not use_ray:
+        for item in items:
+            yield fn(item)
+        return
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    previous = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # the writer needs groups in source order
+    try:
+        rows = [{"item": pickle.dumps(item, protocol=5)} for item in items]
+        ds = ray.data.from_items(rows, override_num_blocks=num_blocks or min(len(rows), 200))
+        ds = ds.map_batches(
+            functools.partial(_apply_batch, fn=fn), batch_size=batch_size, batch_format="numpy", num_cpus=1
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for blob in batch["out"]:
+                yield from pickle.loads(blob)
+    finally:
+        context.execution_options.preserve_order = previous
+
+
+# Module-level functions so that Ray pickles them by reference.
+def _call(item: tuple) -> Any:
+    fn, kwargs = item
+    return fn(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources -> per-group tasks
+# ---------------------------------------------------------------------------------------------
+def _side(rows: list[CsvRow], kind: str) -> int:
+    length = len(rows[0].question)
+    side = int(round(math.sqrt(length)))
+    box = int(round(math.sqrt(side)))
+    if side * side != length or (kind == "sudoku" and box * box != side):
+        raise DatasetBuildError(
+            f"{rows[0].where}: question has {length} cells, not a square {kind} grid"
+            + (" (81 for 9x9, 16 for 4x4)" if kind == "sudoku" else "")
+        )
+    return side
+
+
+def _generated_rows(recipe: DatasetRecipe, run: Callable) -> dict[str, list[CsvRow]]:
+    """Puzzles from the built-in generator, unique within train and test disjoint from train.
+
+    Puzzle k of a split comes from rng_for(seed, stream of the split, k); duplicates are
+    dropped in index order and replaced by the next indices, so the set is a pure function
+    of the recipe.
+    """
+    gen = recipe.generate
+    fn = G.generate_sudoku_row if recipe.kind == "sudoku" else G.generate_maze_row
+    extra = {"min_clues": gen.min_clues} if recipe.kind == "sudoku" else {"loop_prob": gen.loop_prob}
+    seen: set[str] = set()
+    out: dict[str, list[CsvRow]] = {}
+    for split, wanted in (("train", gen.num_train), ("test", gen.num_test)):
+        rows: list[CsvRow] = []
+        start = 0
+        for _ in range(8):
+            if len(rows) >= wanted:
+                break
+            count = (wanted - len(rows)) + (wanted - len(rows)) // 10 + 8
+            items = [
+                (fn, dict(index=k, split=split, seed=recipe.seed, size=gen.size, min_difficulty=recipe.min_difficulty, **extra))
+                for k in range(start, start + count)
+            ]
+            for k, (question, answer, rating, error) in zip(range(start, start + count), run(_call, items)):
+                if error:
+                    raise DatasetBuildError(f"generate {recipe.kind} {split}[{k}]: {error}")
+                if question not in seen and len(rows) < wanted:
+                    seen.add(question)
+                    rows.append(CsvRow(question, answer, rating, f"generate {split}[{k}]"))
+            start += count
+        if len(rows) < wanted:
+            raise DatasetBuildError(
+                f"the generator found only {len(rows)} distinct {split} puzzles of {wanted}: "
+                "ask for fewer, a larger size, or fewer clues (generate.min_clues)"
+            )
+        out[split] = rows
+    return out
+
+
+def _csv_tasks(recipe: DatasetRecipe, run: Callable) -> tuple[list[tuple], int, int, dict[str, Any]]:
+    source = recipe.resolved_source
+    rows = _generated_rows(recipe, run) if source == "generate" else read_source_csvs(source, recipe.min_difficulty)
+    for split in ("train", "test"):
+        if not rows[split] and not (split == "test" and source == "generate"):
+            raise DatasetBuildError(f"no {split} puzzles in {source!r} (after --min-difficulty): check the source and filters")
+    if recipe.subsample_size is not None and recipe.subsample_size < len(rows["train"]):
+        # The reference subsamples with an unseeded global RNG; here it comes from the seed.
+        picked = rng_for(recipe.seed, STREAM_SUBSAMPLE, 0).choice(len(rows["train"]), recipe.subsample_size, replace=False)
+        rows["train"] = [rows["train"][i] for i in picked]
+    side = _side(rows["train"], recipe.kind)
+    tasks = []
+    for split in ("train", "test"):
+        for k, row in enumerate(rows[split]):
+            common = dict(index=k, split=split, question=row.question, answer=row.answer, where=row.where, size=side)
+            if recipe.kind == "sudoku":
+                tasks.append((G.sudoku_group, dict(common, seed=recipe.seed, num_aug=recipe.resolved_num_aug)))
+            else:
+                tasks.append((G.maze_group, dict(common, aug=recipe.aug)))
+    vocab = side + 2 if recipe.kind == "sudoku" else MAZE_VOCAB_SIZE
+    ratings = {split: _summary([r.rating for r in rows[split]]) for split in ("train", "test")}
+    return tasks, side * side, vocab, {"ratings": ratings}
+
+
+def _summary(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = np.array(values)
+    return {
+        "count": int(v.size),
+        "min": int(v.min()),
+        "p25": float(np.percentile(v, 25)),
+        "median": float(np.median(v)),
+        "p75": float(np.percentile(v, 75)),
+        "max": int(v.max()),
+        "mean": round(float(v.mean()), 3),
+    }
+
+
+def _arc_tasks(recipe: DatasetRecipe) -> tuple[list[tuple], dict[str, Any]]:
+    puzzles = load_arc(recipe.input_file_prefix, recipe.source, recipe.subsets)
+    tasks, test_puzzles = [], {}
+    for index, p in enumerate(puzzles):
+        is_test = p.subset == recipe.test_set_name
+        if is_test:
+            test_puzzles[p.name] = p.puzzle
+        tasks.append(
+            (G.arc_group, dict(index=index, name=p.name, puzzle=p.puzzle, is_test_set=is_test, seed=recipe.seed, num_aug=recipe.resolved_num_aug))
+        )
+    return tasks, test_puzzles
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+
+    import trm_ray
+
+    versions = {"python": platform.python_version(), "trm_ray": trm_ray.__version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
+    try:
+        import ray
+
+        versions["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return versions
+
+
+def default_batch_size(recipe: DatasetRecipe) -> int:
+    """Groups per task: about 2000 puzzles (variants) per task, so tasks are ~10-50 MB."""
+    variants = 1 + recipe.resolved_num_aug if recipe.kind != "maze" else (8 if recipe.aug else 1)
+    return int(min(512, max(1, 2000 // variants)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------------
+def build_dataset(
+    recipe: Union[DatasetRecipe, str, os.PathLike],
+    output_dir: Optional[str] = None,
+    *,
+    overwrite: bool = False,
+    use_ray: bool = True,
+    num_cpus: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    num_blocks: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> dict[str, Any]:
+    """Build the dataset of `recipe` (a DatasetRecipe or a YAML path) into `output_dir`.
+
+    output_dir: local folder or pyarrow filesystem URI; default the recipe's output_dir
+    (or data/<name>). Uses the running Ray instance, or starts a local one with `num_cpus`
+    (use_ray=False runs the same steps in this process). Returns build.json's content.
+    Raises DatasetBuildError (a ValueError) with a one-line message for bad inputs; then no
+    output folder is left behind.
+    """
+    if not isinstance(recipe, DatasetRecipe):
+        recipe = load_recipe(recipe)
+    output = output_dir or recipe.resolved_output_dir
+    batch = batch_size or default_batch_size(recipe)
+    started = time.perf_counter()
+    with _ray_session(num_cpus) if use_ray else _nullcontext():
+        run = functools.partial(ordered_map, batch_size=batch, use_ray=use_ray, num_blocks=num_blocks)
+        if recipe.kind == "arc":
+            tasks, test_puzzles = _arc_tasks(recipe)
+            seq_len, vocab, extra, use_ids = ARC_SEQ_LEN, ARC_VOCAB_SIZE, {}, True
+        else:
+            # Generating is a parallel step of its own; its rows are small and come back here.
+            tasks, seq_len, vocab, extra = _csv_tasks(recipe, functools.partial(_listed, run))
+            test_puzzles, use_ids = None, False
+        with DatasetWriter(output, seq_len=seq_len, vocab_size=vocab, use_identifiers=use_ids, overwrite=overwrite) as writer:
+            for group in run(_call, tasks):
+                writer.add(group)
+            info = {
+                "format_version": FORMAT_VERSION,
+                "kind": recipe.kind,
+                "seed": recipe.seed,
+                "recipe": recipe.model_dump(mode="json"),
+                "versions": _versions(),
+                **extra,
+            }
+            info = writer.finish(info, test_puzzles)
+    if log is not None:
+        counts = ", ".join(
+            f"{split} {c['groups']} groups / {c['puzzles']} puzzles / {c['examples']} examples" for split, c in info["counts"].items()
+        )
+        log(f"built {output}: {counts}; seq_len {seq_len}, vocab {vocab}; {time.perf_counter() - started:.1f} s; "
+            f"content sha256 {info['content_sha256'][:16]}")
+    return info
+
+
+def _listed(run: Callable, fn: Callable, items: list) -> Iterable:
+    return list(run(fn, items))
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+__all__ = ["build_dataset", "ordered_map", "default_batch_size", "DatasetBuildError"]

@@ -1,0 +1,188 @@
+"""Sudoku: a plain solver, a unique-solution puzzle generator and the token encoding (TRM_SPEC 7).
+
+Boards are (n, n) uint8 arrays with 0 for blank, n = box * box (9x9: box 3; the 4x4
+quickstart: box 2). Tokens: 0 pad, blank -> 1, digit d -> d + 1, so V = n + 2, S = n * n.
+
+    board, solution, rating = generate_sudoku(rng_for(0, STREAM_GENERATE_TRAIN, 0), size=9)
+    count, backtracks = count_solutions(board, limit=2)
+
+The difficulty rating is the number of dead ends a plain backtracking solver (most
+constrained cell first, no other inference) meets before it proves the solution unique:
+0 means the puzzle falls to naked singles; sudoku-extreme's hardest need hundreds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+
+
+class SudokuError(ValueError):
+    """A Sudoku that cannot be used (wrong size, contradictory clues, wrong solution)."""
+
+
+@lru_cache(maxsize=None)
+def _geometry(n: int) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    box = int(round(n**0.5))
+    if box * box != n or n < 1:
+        raise SudokuError(f"a Sudoku side must be a square number (4, 9, 16...), got {n}")
+    rows = tuple(i // n for i in range(n * n))
+    cols = tuple(i % n for i in range(n * n))
+    boxes = tuple((i // n) // box * box + (i % n) // box for i in range(n * n))
+    return box, rows, cols, boxes
+
+
+def _search(cells: list[int], n: int, limit: int, rng: Optional[np.random.Generator]) -> tuple[list[list[int]], int]:
+    """Depth-first search with the most constrained cell first.
+
+    Returns up to `limit` solutions and the number of dead ends met. With `rng` the digits
+    of each cell are tried in random order (used to draw a random full grid).
+    """
+    _, rows, cols, boxes = _geometry(n)
+    full = (1 << (n + 1)) - 2  # bits 1..n
+    row_used = [0] * n
+    col_used = [0] * n
+    box_used = [0] * n
+    empties = []
+    for i, v in enumerate(cells):
+        if v:
+            bit = 1 << v
+            if (row_used[rows[i]] | col_used[cols[i]] | box_used[boxes[i]]) & bit:
+                return [], 1  # contradictory clues
+            row_used[rows[i]] |= bit
+            col_used[cols[i]] |= bit
+            box_used[boxes[i]] |= bit
+        else:
+            empties.append(i)
+    solutions: list[list[int]] = []
+    dead_ends = 0
+
+    def recurse(remaining: list[int]) -> None:
+        nonlocal dead_ends
+        if not remaining:
+            solutions.append(list(cells))
+            return
+        best, best_free, best_count = -1, 0, n + 1
+        for position, i in enumerate(remaining):
+            free = full & ~(row_used[rows[i]] | col_used[cols[i]] | box_used[boxes[i]])
+            count = free.bit_count()
+            if count < best_count:
+                best, best_free, best_count = position, free, count
+                if count <= 1:
+                    break
+        if best_count == 0:
+            dead_ends += 1
+            return
+        i = remaining[best]
+        rest = remaining[:best] + remaining[best + 1 :]
+        digits = [d for d in range(1, n + 1) if best_free >> d & 1]
+        if rng is not None:
+            digits = [digits[k] for k in rng.permutation(len(digits))]
+        r, c, b = rows[i], cols[i], boxes[i]
+        for d in digits:
+            bit = 1 << d
+            cells[i] = d
+            row_used[r] |= bit
+            col_used[c] |= bit
+            box_used[b] |= bit
+            recurse(rest)
+            row_used[r] &= ~bit
+            col_used[c] &= ~bit
+            box_used[b] &= ~bit
+            cells[i] = 0
+            if len(solutions) >= limit:
+                return
+
+    recurse(empties)
+    return solutions, dead_ends
+
+
+def count_solutions(board: np.ndarray, limit: int = 2) -> tuple[int, int]:
+    """(number of solutions found, up to `limit`; dead ends met by the search)."""
+    n = board.shape[0]
+    solutions, dead_ends = _search([int(v) for v in board.reshape(-1)], n, limit, None)
+    return len(solutions), dead_ends
+
+
+def solve(board: np.ndarray) -> Optional[np.ndarray]:
+    """One solution, or None when the clues admit none."""
+    n = board.shape[0]
+    solutions, _ = _search([int(v) for v in board.reshape(-1)], n, 1, None)
+    return np.array(solutions[0], np.uint8).reshape(n, n) if solutions else None
+
+
+def rate(board: np.ndarray) -> int:
+    """Difficulty: dead ends met while proving the solution unique."""
+    return count_solutions(board, limit=2)[1]
+
+
+def generate_sudoku(
+    rng: np.random.Generator, size: int = 9, min_clues: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A random unique-solution puzzle: a random full grid, then clues removed in random order
+    while the solution stays unique, until none can go (a minimal puzzle) or `min_clues` remain.
+
+    Returns (board, solution, rating), boards (size, size) uint8 with 0 for blank.
+    """
+    solutions, _ = _search([0] * (size * size), size, 1, rng)
+    solution = solutions[0]
+    cells = list(solution)
+    clues = size * size
+    for i in rng.permutation(size * size):
+        if clues <= min_clues:
+            break
+        keep = cells[i]
+        cells[i] = 0
+        found, _ = _search(list(cells), size, 2, None)
+        if len(found) == 1:
+            clues -= 1
+        else:
+            cells[i] = keep
+    board = np.array(cells, np.uint8).reshape(size, size)
+    return board, np.array(solution, np.uint8).reshape(size, size), rate(board)
+
+
+def generate_sudoku_rated(
+    rng: np.random.Generator, size: int, min_clues: int, min_difficulty: Optional[int], max_tries: int = 2000
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """generate_sudoku until the rating reaches `min_difficulty` (same rng, so deterministic)."""
+    for _ in range(max_tries):
+        board, solution, rating = generate_sudoku(rng, size, min_clues)
+        if min_difficulty is None or rating >= min_difficulty:
+            return board, solution, rating
+    raise SudokuError(
+        f"no {size}x{size} Sudoku with rating >= {min_difficulty} in {max_tries} tries: lower --min-difficulty"
+    )
+
+
+def parse_board(text: str, n: int, blank_ok: bool) -> np.ndarray:
+    """A CSV question/answer string ('.' or '0' for blank) as an (n, n) uint8 board."""
+    if len(text) != n * n:
+        raise SudokuError(f"has {len(text)} cells, expected {n * n}")
+    text = text.replace(".", "0")
+    if not text.isdigit() or (n > 9):
+        raise SudokuError(f"must hold digits 0-{n} and '.' only")
+    board = (np.frombuffer(text.encode(), np.uint8) - ord("0")).reshape(n, n)
+    if board.max() > n:
+        raise SudokuError(f"holds a digit above {n}")
+    if not blank_ok and (board == 0).any():
+        raise SudokuError("answer has blank cells")
+    return board
+
+
+def check_pair(board: np.ndarray, solution: np.ndarray) -> None:
+    """The answer must be a valid full grid that agrees with every clue."""
+    from trm_ray.data.transforms import sudoku_is_valid_solution
+
+    if not sudoku_is_valid_solution(solution):
+        raise SudokuError("answer is not a valid solution (a row, column or box repeats a digit)")
+    clues = board != 0
+    if not np.array_equal(board[clues], solution[clues]):
+        raise SudokuError("answer disagrees with the question's clues: the puzzle is unsolvable as given")
+
+
+def encode(board: np.ndarray) -> np.ndarray:
+    """(n, n) board -> flat tokens: blank 1, digit d -> d + 1."""
+    return (board.reshape(-1) + 1).astype(np.uint8)

@@ -1,0 +1,262 @@
+"""Pure, seeded puzzle transforms shared by the ARC, Sudoku and Maze builders (TRM_SPEC 7).
+
+No Ray, no I/O: every function maps arrays to arrays, so it runs in a notebook and is
+unit-tested directly. Randomness always comes from an explicit `np.random.Generator`;
+`rng_for(seed, stream, index)` derives one per puzzle so that the output does not depend
+on how puzzles are spread over processes or batches.
+
+    rng = rng_for(42, STREAM_ARC, 7)
+    name, t, colour_map = random_arc_variant("007bbfb7", rng)
+    back = invert_arc_variant(name)       # (original name, function mapping a grid back)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import numpy as np
+
+# Independent random streams per use, so e.g. a subsample never shifts augmentation draws.
+STREAM_ARC = 1
+STREAM_SUDOKU_AUG = 2
+STREAM_SUBSAMPLE = 3
+STREAM_GENERATE_TRAIN = 4
+STREAM_GENERATE_TEST = 5
+
+
+def rng_for(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The random generator of puzzle `index` in `stream` of a build seeded with `seed`."""
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be a non-negative integer")
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, stream, index])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dihedral group (ids as in the reference: 0 id, 1 rot90, 2 rot180, 3 rot270, 4 flip left-right,
+# 5 flip up-down, 6 transpose, 7 anti-transpose)
+# ---------------------------------------------------------------------------------------------
+DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
+
+
+def dihedral_transform(grid: np.ndarray, t: int) -> np.ndarray:
+    if t == 0:
+        return grid
+    if t in (1, 2, 3):
+        return np.rot90(grid, k=t)
+    if t == 4:
+        return np.fliplr(grid)
+    if t == 5:
+        return np.flipud(grid)
+    if t == 6:
+        return grid.T
+    if t == 7:
+        return np.fliplr(np.rot90(grid, k=1))
+    raise ValueError(f"dihedral transform id {t} is not in 0..7")
+
+
+def inverse_dihedral_transform(grid: np.ndarray, t: int) -> np.ndarray:
+    return dihedral_transform(grid, DIHEDRAL_INVERSE[t])
+
+
+# ---------------------------------------------------------------------------------------------
+# ARC
+# ---------------------------------------------------------------------------------------------
+ARC_MAX_GRID_SIZE = 30
+ARC_SEQ_LEN = ARC_MAX_GRID_SIZE * ARC_MAX_GRID_SIZE
+ARC_VOCAB_SIZE = 12  # 0 pad, 1 end-of-grid marker, colours 0..9 -> 2..11
+ARC_AUGMENT_RETRIES_FACTOR = 5
+PUZZLE_ID_SEPARATOR = "|||"
+
+
+def arc_variant_name(name: str, t: int, colour_map: np.ndarray) -> str:
+    """`<name>|||t<t>|||<10 digits>`: digit i is the colour that colour i becomes."""
+    return f"{name}{PUZZLE_ID_SEPARATOR}t{t}{PUZZLE_ID_SEPARATOR}{''.join(str(int(c)) for c in colour_map)}"
+
+
+def apply_arc_variant(grid: np.ndarray, t: int, colour_map: np.ndarray) -> np.ndarray:
+    """Colour map first, then the dihedral transform (the reference's order)."""
+    return np.ascontiguousarray(dihedral_transform(colour_map[grid], t))
+
+
+def random_arc_variant(name: str, rng: np.random.Generator) -> tuple[str, int, np.ndarray]:
+    """Draw a dihedral id and a permutation of colours 1..9 (black, 0, stays fixed)."""
+    t = int(rng.integers(0, 8))
+    colour_map = np.concatenate([np.zeros(1, np.uint8), rng.permutation(np.arange(1, 10, dtype=np.uint8))])
+    return arc_variant_name(name, t, colour_map), t, colour_map
+
+
+def invert_arc_variant(name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """Original puzzle name and the function that maps a variant's grid back to the original."""
+    if PUZZLE_ID_SEPARATOR not in name:
+        return name, lambda grid: grid
+    base, t_text, map_text = name.split(PUZZLE_ID_SEPARATOR)[-3:]
+    t = int(t_text[1:])
+    inverse_map = np.argsort(np.array([int(c) for c in map_text])).astype(np.uint8)
+    return base, lambda grid: inverse_map[inverse_dihedral_transform(grid, t)]
+
+
+def grid_hash(grid: np.ndarray) -> str:
+    """sha256 of the grid's shape bytes and contents (the reference's puzzle-equality key)."""
+    buffer = b"".join(int(x).to_bytes(1, "big") for x in grid.shape) + np.ascontiguousarray(grid, np.uint8).tobytes()
+    return hashlib.sha256(buffer).hexdigest()
+
+
+def examples_hash(examples: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """Order-free hash of a puzzle's (input, output) pairs, used to de-duplicate variants."""
+    hashes = sorted(f"{grid_hash(i)}|{grid_hash(o)}" for i, o in examples)
+    return hashlib.sha256("|".join(hashes).encode()).hexdigest()
+
+
+def arc_encode_example(
+    inp: np.ndarray, out: np.ndarray, offset: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place both grids at `offset` in 30x30 canvases with end markers; returns two (900,) uint8."""
+    r, c = offset
+    encoded = []
+    for grid in (inp, out):
+        rows, cols = grid.shape
+        canvas = np.zeros((ARC_MAX_GRID_SIZE, ARC_MAX_GRID_SIZE), np.uint8)
+        canvas[r : r + rows, c : c + cols] = grid + 2
+        # End markers: the row just below the grid and the column just right of it, where they fit.
+        if r + rows < ARC_MAX_GRID_SIZE:
+            canvas[r + rows, c : c + cols] = 1
+        if c + cols < ARC_MAX_GRID_SIZE:
+            canvas[r : r + rows, c + cols] = 1
+        encoded.append(canvas.reshape(-1))
+    return encoded[0], encoded[1]
+
+
+def random_arc_offset(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    """A top-left offset at which both grids fit in the canvas."""
+    r = int(rng.integers(0, ARC_MAX_GRID_SIZE - max(inp.shape[0], out.shape[0]) + 1))
+    c = int(rng.integers(0, ARC_MAX_GRID_SIZE - max(inp.shape[1], out.shape[1]) + 1))
+    return r, c
+
+
+def arc_decode_grid(tokens: np.ndarray) -> np.ndarray:
+    """Largest top-left rectangle of colour tokens (2..11) of a (900,) sequence, minus 2.
+
+    The inverse of arc_encode_example at offset (0, 0); the ARC evaluator crops predictions this way.
+    """
+    canvas = np.asarray(tokens).reshape(ARC_MAX_GRID_SIZE, ARC_MAX_GRID_SIZE)
+    is_colour = (canvas >= 2) & (canvas <= 11)
+    num_cols = ARC_MAX_GRID_SIZE
+    num_rows = 0
+    for row in is_colour:
+        width = int(np.argmin(row)) if not row.all() else ARC_MAX_GRID_SIZE
+        width = min(width, num_cols)
+        if width == 0:
+            break
+        num_cols = width
+        num_rows += 1
+    return (canvas[:num_rows, :num_cols] - 2).astype(np.uint8)
+
+
+def arc_variants(
+    name: str,
+    splits: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    num_aug: int,
+    rng: np.random.Generator,
+) -> list[tuple[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]]:
+    """The original puzzle plus up to `num_aug` distinct variants, trying at most 5 * num_aug.
+
+    `splits` maps a destination split to its (input, output) pairs; one variant transforms
+    all of them alike, and duplicates are judged on all of them together.
+    """
+    group = [(name, splits)]
+    if num_aug <= 0:
+        return group
+    seen = {examples_hash([pair for pairs in splits.values() for pair in pairs])}
+    for _ in range(ARC_AUGMENT_RETRIES_FACTOR * num_aug):
+        variant_name, t, colour_map = random_arc_variant(name, rng)
+        variant = {
+            split: [(apply_arc_variant(i, t, colour_map), apply_arc_variant(o, t, colour_map)) for i, o in pairs]
+            for split, pairs in splits.items()
+        }
+        key = examples_hash([pair for pairs in variant.values() for pair in pairs])
+        if key not in seen:
+            seen.add(key)
+            group.append((variant_name, variant))
+        if len(group) >= num_aug + 1:
+            break
+    return group
+
+
+def arc_encode_puzzle(
+    pairs: list[tuple[np.ndarray, np.ndarray]], translate: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a puzzle's pairs as (examples, 900) inputs and labels.
+
+    With `translate` every pair but one (chosen at random) gets a random offset; the one
+    left at (0, 0) keeps an example of the untranslated layout the test split uses.
+    """
+    num = len(pairs)
+    inputs = np.zeros((num, ARC_SEQ_LEN), np.uint8)
+    labels = np.zeros((num, ARC_SEQ_LEN), np.uint8)
+    keep = int(rng.integers(0, num)) if (translate and num) else -1
+    for k, (inp, out) in enumerate(pairs):
+        offset = random_arc_offset(inp, out, rng) if (translate and k != keep) else (0, 0)
+        inputs[k], labels[k] = arc_encode_example(inp, out, offset)
+    return inputs, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Sudoku (any box size b: side n = b*b; 9x9 has b = 3, the 4x4 quickstart b = 2)
+# ---------------------------------------------------------------------------------------------
+def sudoku_shuffle(
+    board: np.ndarray, solution: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A validity-preserving relabelling: digits, optional transpose, bands/rows, stacks/columns.
+
+    Boards are (n, n) with 0 for blank; the same transform is applied to both.
+    """
+    n = board.shape[0]
+    box = int(round(n**0.5))
+    digit_map = np.concatenate([[0], rng.permutation(np.arange(1, n + 1))]).astype(board.dtype)
+    transpose = rng.random() < 0.5
+    bands = rng.permutation(box)
+    row_perm = np.concatenate([b * box + rng.permutation(box) for b in bands])
+    stacks = rng.permutation(box)
+    col_perm = np.concatenate([s * box + rng.permutation(box) for s in stacks])
+
+    def apply(grid: np.ndarray) -> np.ndarray:
+        if transpose:
+            grid = grid.T
+        return digit_map[grid[row_perm][:, col_perm]]
+
+    return apply(board), apply(solution)
+
+
+def sudoku_is_valid_solution(solution: np.ndarray) -> bool:
+    """Every row, column and box holds each digit 1..n once."""
+    n = solution.shape[0]
+    box = int(round(n**0.5))
+    want = np.arange(1, n + 1)
+    boxes = solution.reshape(box, box, box, box).transpose(0, 2, 1, 3).reshape(n, n)
+    return all(
+        np.array_equal(np.sort(lines, axis=1), np.broadcast_to(want, (n, n))) for lines in (solution, solution.T, boxes)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Maze
+# ---------------------------------------------------------------------------------------------
+MAZE_CHARSET = "# SGo"  # wall, open, start, goal, path -> tokens 1..5 (0 pad)
+MAZE_VOCAB_SIZE = len(MAZE_CHARSET) + 1
+
+_MAZE_CHAR_TO_ID = np.zeros(256, np.uint8)
+_MAZE_CHAR_TO_ID[[ord(ch) for ch in MAZE_CHARSET]] = np.arange(1, len(MAZE_CHARSET) + 1)
+
+
+def maze_encode(text: str) -> np.ndarray:
+    """Characters of "# SGo" -> tokens 1..5, flat (n*n,) uint8. Unknown characters raise."""
+    bad = set(text) - set(MAZE_CHARSET)
+    if bad:
+        raise ValueError(f"characters {sorted(bad)!r} are not in the maze charset {MAZE_CHARSET!r}")
+    return _MAZE_CHAR_TO_ID[np.frombuffer(text.encode(), np.uint8)]
+
+
+def maze_decode(tokens: np.ndarray) -> str:
+    """Tokens back to characters; pad (0) shows as '?'."""
+    return "".join(("?" + MAZE_CHARSET)[int(t)] for t in np.asarray(tokens).reshape(-1))

@@ -1,0 +1,253 @@
+"""Ordered, streaming writer of the reference dataset layout (TRM_SPEC 7, trm_ray.data.layout).
+
+Groups arrive in order, one at a time; their rows are appended to the .npy files as they
+come (the header is written first with a placeholder shape and rewritten in place at the
+end), so no process ever holds the whole dataset. Everything goes to a staging folder
+`<output>.tmp-<id>` that is renamed to `<output>` only when complete; a failed build removes
+it. Remote outputs (pyarrow filesystem URIs) are staged locally, uploaded to
+`<uri>.tmp-<id>` and moved into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any, Optional
+
+import numpy as np
+
+from trm_ray.data import layout
+from trm_ray.data.groups import Group
+from trm_ray.data.sources import DatasetBuildError
+
+SET_NAME = "all"
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+class NpyAppender:
+    """A .npy file written row block by row block; `close()` fixes the shape in the header."""
+
+    def __init__(self, path: str, dtype: Any, row_shape: tuple[int, ...] = ()):
+        self.path, self.dtype, self.row_shape = path, np.dtype(dtype), tuple(row_shape)
+        self.num_rows = 0
+        self._file = open(path, "wb")
+        self._header_len = len(_npy_header(self.dtype, (0, *self.row_shape)))
+        self._file.write(b"\0" * self._header_len)
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        assert rows.shape[1:] == self.row_shape, (rows.shape, self.row_shape)
+        self._file.write(rows.tobytes())
+        self.num_rows += rows.shape[0]
+
+    def close(self) -> None:
+        header = _npy_header(self.dtype, (self.num_rows, *self.row_shape))
+        if len(header) == self._header_len:
+            self._file.seek(0)
+            self._file.write(header)
+            self._file.close()
+            return
+        # The shape outgrew the placeholder's padding (numpy leaves room for 21 digits, so
+        # this is theoretical): rewrite the file behind a header of the right size.
+        self._file.close()
+        moved = self.path + ".body"
+        os.replace(self.path, moved)
+        with open(moved, "rb") as src, open(self.path, "wb") as dst:
+            src.seek(self._header_len)
+            dst.write(header)
+            shutil.copyfileobj(src, dst, 1 << 24)
+        os.remove(moved)
+
+
+class _SplitWriter:
+    def __init__(self, directory: str, seq_len: int):
+        os.makedirs(directory, exist_ok=True)
+        path = lambda f: os.path.join(directory, layout.array_filename(SET_NAME, f))  # noqa: E731
+        self.inputs = NpyAppender(path("inputs"), np.uint8, (seq_len,))
+        self.labels = NpyAppender(path("labels"), np.uint8, (seq_len,))
+        self.puzzle_identifiers = NpyAppender(path("puzzle_identifiers"), np.int32)
+        self.puzzle_indices = NpyAppender(path("puzzle_indices"), np.int32)
+        self.group_indices = NpyAppender(path("group_indices"), np.int32)
+        self.puzzle_indices.append(np.zeros(1, np.int32))
+        self.group_indices.append(np.zeros(1, np.int32))
+        self.num_examples = self.num_puzzles = self.num_groups = 0
+
+    def close(self) -> None:
+        for appender in (self.inputs, self.labels, self.puzzle_identifiers, self.puzzle_indices, self.group_indices):
+            appender.close()
+
+
+def _is_uri(output: str) -> bool:
+    return "://" in output
+
+
+class DatasetWriter:
+    """Use as a context manager: on an exception nothing is left behind.
+
+        with DatasetWriter(out, seq_len=81, vocab_size=11, use_identifiers=False) as w:
+            for group in groups: w.add(group)
+            w.finish(build_info)
+    """
+
+    def __init__(self, output: str, *, seq_len: int, vocab_size: int, use_identifiers: bool, overwrite: bool = False):
+        self.output, self.seq_len, self.vocab_size = output, seq_len, vocab_size
+        self.use_identifiers = use_identifiers
+        self.overwrite = overwrite
+        self._identifiers: dict[str, int] = {layout.BLANK_IDENTIFIER: 0}
+        self._splits: dict[str, _SplitWriter] = {}
+        suffix = f".tmp-{uuid.uuid4().hex[:8]}"
+        if _is_uri(output):
+            from pyarrow import fs as pafs
+
+            try:
+                self._fs, self._remote_path = pafs.FileSystem.from_uri(output)
+            except Exception as error:
+                raise DatasetBuildError(f"output {output!r} is not a filesystem URI pyarrow can open ({error})") from None
+            self._check_free(self._fs.get_file_info(self._remote_path).type != pafs.FileType.NotFound)
+            self.staging = tempfile.mkdtemp(prefix="trm-ray-build-")
+            self._remote_staging = self._remote_path.rstrip("/") + suffix
+        else:
+            self._fs = None
+            self._check_free(os.path.exists(output))
+            parent = os.path.dirname(os.path.abspath(output))
+            os.makedirs(parent, exist_ok=True)
+            self.staging = os.path.abspath(output).rstrip("/") + suffix
+            os.makedirs(self.staging)
+
+    def _check_free(self, exists: bool) -> None:
+        if exists and not self.overwrite:
+            raise DatasetBuildError(f"output {self.output!r} already exists: pass --overwrite or choose another --output-dir")
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        for split in self._splits.values():
+            for appender in (split.inputs, split.labels, split.puzzle_identifiers, split.puzzle_indices, split.group_indices):
+                if not appender._file.closed:
+                    appender._file.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if self._fs is not None:
+            try:
+                self._fs.delete_dir(self._remote_staging)
+            except Exception:
+                pass
+
+    # -- rows ---------------------------------------------------------------------------------
+    def add(self, group: Group) -> None:
+        """Append one group; its splits' puzzles get identifiers in order of first appearance."""
+        if group.error:
+            raise DatasetBuildError(group.error)
+        for split in sorted(group.parts, key=layout.SPLITS.index):  # train first, as the reference numbers them
+            part = group.parts[split]
+            if split not in self._splits:
+                self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len)
+            writer = self._splits[split]
+            if self.use_identifiers:
+                ids = [self._identifiers.setdefault(name, len(self._identifiers)) for name in part.names]
+            else:
+                ids = [0] * len(part.names)
+            writer.inputs.append(part.inputs)
+            writer.labels.append(part.labels)
+            writer.puzzle_identifiers.append(np.array(ids, np.int32))
+            writer.puzzle_indices.append(writer.num_examples + np.cumsum(part.puzzle_sizes, dtype=np.int64).astype(np.int32))
+            writer.num_examples += int(sum(part.puzzle_sizes))
+            writer.num_puzzles += len(part.names)
+            writer.num_groups += 1
+            writer.group_indices.append(np.array([writer.num_puzzles], np.int32))
+
+    # -- finish -------------------------------------------------------------------------------
+    def finish(self, build_info: dict[str, Any], test_puzzles: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Write metadata, identifiers, build.json; publish under the final name. Returns build.json."""
+        if "train" not in self._splits:
+            raise DatasetBuildError("the build produced no train puzzles: check the source and filters")
+        counts = {}
+        for split, writer in self._splits.items():
+            writer.close()
+            metadata = layout.DatasetMetadata(
+                pad_id=0,
+                ignore_label_id=0,
+                blank_identifier_id=0,
+                vocab_size=self.vocab_size,
+                seq_len=self.seq_len,
+                num_puzzle_identifiers=len(self._identifiers),
+                total_groups=writer.num_groups,
+                mean_puzzle_examples=writer.num_examples / max(1, writer.num_puzzles),
+                total_puzzles=writer.num_puzzles,
+                sets=[SET_NAME],
+            )
+            layout.write_metadata(self.staging, split, metadata)
+            counts[split] = {"groups": writer.num_groups, "puzzles": writer.num_puzzles, "examples": writer.num_examples}
+        names = sorted(self._identifiers, key=self._identifiers.__getitem__)
+        with open(os.path.join(self.staging, layout.IDENTIFIERS_FILE), "w") as f:
+            json.dump(names, f)
+        if test_puzzles is not None:
+            with open(os.path.join(self.staging, layout.TEST_PUZZLES_FILE), "w") as f:
+                json.dump(test_puzzles, f)
+        files = content_hashes(self.staging)
+        info = dict(build_info)
+        info["counts"] = counts
+        info["num_puzzle_identifiers"] = len(self._identifiers)
+        info["files"] = files
+        info["content_sha256"] = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in files.items()).encode()).hexdigest()
+        with open(os.path.join(self.staging, "build.json"), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+        self._publish()
+        return info
+
+    def _publish(self) -> None:
+        if self._fs is None:
+            if os.path.exists(self.output):  # --overwrite: swap, then drop the old one
+                old = self.staging + ".old"
+                os.replace(self.output, old)
+                os.replace(self.staging, self.output)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.staging, self.output)
+            return
+        from pyarrow import fs as pafs
+
+        self._fs.create_dir(self._remote_staging, recursive=True)
+        for root, _, files in os.walk(self.staging):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), self.staging)
+                target = f"{self._remote_staging}/{rel.replace(os.sep, '/')}"
+                self._fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                with open(os.path.join(root, name), "rb") as src, self._fs.open_output_stream(target) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        if self._fs.get_file_info(self._remote_path).type != pafs.FileType.NotFound:
+            self._fs.delete_dir(self._remote_path)
+        self._fs.move(self._remote_staging, self._remote_path)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def content_hashes(directory: str) -> dict[str, str]:
+    """sha256 of every data file under `directory` (build.json excluded), by relative path."""
+    hashes = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, directory).replace(os.sep, "/")
+            if rel == "build.json":
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+            hashes[rel] = digest.hexdigest()
+    return dict(sorted(hashes.items()))
