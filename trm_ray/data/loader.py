@@ -1,0 +1,465 @@
+"""The training and evaluation loader of TRM (TRM_SPEC 8), one per worker.
+
+    loader = PuzzleLoader(["data/sudoku-extreme-1k-aug-1000"], "train", global_batch_size=768,
+                          rank=rank, world_size=world_size, seed=0, epochs_per_iter=eval_interval)
+    for iteration in range(epochs // eval_interval):
+        for item in loader:                     # one iteration = eval_interval epochs
+            train_step(item.batch, item.global_effective_batch_size)
+        checkpoint({"loader": loader.state_dict(), ...})   # resumes at exactly the next batch
+
+Train split, per pass over a set (the reference's walk):
+- rng = Generator(Philox(seed + pass number)), pass numbers counting from 1 over every set of
+  every data path in order (the reference's `_iters`);
+- group order = `epochs_per_iter` permutations of the groups, concatenated;
+- each group visit takes one variant (puzzle) of the group uniformly at random; the group
+  order and the variant draws consume `rng` exactly as the reference does, so the same seed
+  visits the same puzzles in the same order;
+- the visited puzzle's examples enter the global batch in a random order; when the puzzle does
+  not fit, it is CUT: only as many of its (shuffled) examples as fill the batch are taken and
+  the rest of that visit is dropped; the next batch starts with the next group visit;
+- a final batch that cannot be filled is dropped;
+- worker `rank` takes rows [rank * local, (rank + 1) * local) of every global batch.
+The example order is the one place the reference used the unseeded global RNG (TRM_SPEC 7,
+defect fixed): here batch k of a pass shuffles with the k-th child of the pass's
+SeedSequence, so any batch can be rebuilt from (seed, pass, k) alone; that is what makes the
+position resumable without replaying the pass.
+
+Test split: examples in file order, global batches of `global_batch_size`, worker `rank`
+takes its slice, the last batch padded (inputs pad_id, labels -100, identifiers blank);
+`num_real_rows` says how many of this worker's rows are real.
+
+Several data paths are combined as the reference does: their metadata are merged
+(layout.merge_metadata) and every (set, path) pair is its own pass, named `<set>` for the
+first path and `<set><i>` for path i.
+
+A data path may be a URI (s3://, gs://, file://, anything pyarrow.fs.FileSystem.from_uri
+accepts): it is copied once per node into a local cache (stage_dataset) and memory-mapped there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from trm_ray.data.layout import (
+    IDENTIFIERS_FILE,
+    IGNORE_LABEL_ID,
+    METADATA_FILE,
+    SPLITS,
+    DatasetError,
+    DatasetMetadata,
+    SetArrays,
+    dataset_fingerprint,
+    load_metadata,
+    load_set_arrays,
+    merge_metadata,
+)
+
+if TYPE_CHECKING:
+    from trm_ray.config import TrainConfig
+
+PathLike = Union[str, os.PathLike]
+
+STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Remote datasets: staged once per node
+# --------------------------------------------------------------------------------------------
+def is_uri(path: PathLike) -> bool:
+    return "://" in str(path)
+
+
+def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
+    """Where staged datasets live: `cache_dir`, else $TRM_RAY_CACHE/datasets, else
+    ~/.cache/trm-ray/datasets."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    base = os.environ.get("TRM_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trm-ray")
+    return Path(base) / "datasets"
+
+
+# Small files whose content identifies a build; a change at the URI triggers a fresh copy.
+_STAMP_FILES = (IDENTIFIERS_FILE, "build.json") + tuple(f"{s}/{METADATA_FILE}" for s in SPLITS)
+
+
+def _copy_tree(filesystem: Any, source: str, destination: str) -> None:
+    """Copy a remote folder to a local one (its own function so tests can count copies)."""
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(source, destination, source_filesystem=filesystem,
+                    destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    # flock: held per open file, released by the kernel if the holder dies mid-copy.
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def stage_dataset(uri: str, cache_dir: Optional[PathLike] = None) -> Path:
+    """Copy the dataset at `uri` to this node's cache once and return the local folder.
+
+    The copy goes to a temporary folder that is renamed into place when complete, under an
+    fcntl lock, so the workers of a node that ask at the same time copy once and never see a
+    partial folder. A later call reuses the copy while the dataset's small metadata files at
+    the URI (identifiers.json, build.json, dataset.json) are unchanged, and copies afresh when
+    they changed (a rebuilt dataset).
+    """
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    uri = str(uri).rstrip("/")
+    try:
+        filesystem, remote = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(remote)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise DatasetError(f"cannot open dataset URI {uri!r} ({error}): check the URI and credentials") from None
+    if info.type != pafs.FileType.Directory:
+        raise DatasetError(f"dataset URI {uri!r} is not a folder: build the dataset there with `trm-ray data build ...`")
+
+    stamp = hashlib.sha256(uri.encode())
+    for name in _STAMP_FILES:
+        path = f"{remote}/{name}"
+        if filesystem.get_file_info(path).type == pafs.FileType.File:
+            with filesystem.open_input_stream(path) as stream:
+                stamp.update(f"\x00{name}\x00".encode() + stream.read())
+    stamp_text = stamp.hexdigest()
+
+    root = cache_root(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target, stamp_file = root / key, root / f"{key}.stamp"
+
+    def current() -> bool:
+        return target.is_dir() and stamp_file.is_file() and stamp_file.read_text() == stamp_text
+
+    if current():
+        return target
+    with _exclusive_lock(root / f"{key}.lock"):
+        if current():  # another worker of this node copied it while we waited
+            return target
+        temporary = root / f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            _copy_tree(filesystem, remote, str(temporary))
+            if not any((temporary / s / METADATA_FILE).is_file() for s in SPLITS):
+                raise DatasetError(
+                    f"dataset URI {uri!r} holds no train/ or test/ dataset.json: build it with `trm-ray data build ...`"
+                )
+            stale = root / f"{key}.stale-{uuid.uuid4().hex[:8]}"
+            if target.exists():
+                # Workers that memory-mapped the old copy keep reading it until they close it.
+                os.rename(target, stale)
+            os.rename(temporary, target)
+            shutil.rmtree(stale, ignore_errors=True)
+            partial_stamp = root / f"{key}.stamp-{uuid.uuid4().hex[:8]}"
+            partial_stamp.write_text(stamp_text)
+            os.replace(partial_stamp, stamp_file)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return target
+
+
+def resolve_data_path(path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
+    """A local folder for `path`: itself when local, the staged copy when a URI."""
+    return stage_dataset(str(path), cache_dir) if is_uri(path) else Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches and positions
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoaderBatch:
+    """One worker's share of one global batch.
+
+    `batch` holds int32 arrays (torch tensors unless the loader was made with
+    to_torch=False), local = global_batch_size // world_size rows:
+      inputs (local, S), labels (local, S) with -100 where the loss ignores a token,
+      puzzle_identifiers (local,).
+    Iterating a LoaderBatch gives the reference's triple (set_name, batch,
+    global_effective_batch_size), so `for set_name, batch, n in loader:` works as in the reference.
+    """
+
+    set_name: str  # reference name: "<set>" for data_paths[0], "<set><i>" for data_paths[i]
+    batch: dict[str, Any]
+    global_effective_batch_size: int  # real rows over all workers (train: always global_batch_size)
+    num_real_rows: int  # real rows of this worker's slice, which come first; the rest is padding
+    state: dict[str, Any]  # loader.state_dict() right after this batch (for prefetching loops)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.set_name, self.batch, self.global_effective_batch_size))
+
+
+@dataclass(frozen=True)
+class _Set:
+    name: str
+    arrays: SetArrays
+
+
+class _TrainPass:
+    """One pass over one set: group order, variant draws and batch boundaries.
+
+    Variants are drawn lazily in chunks (the draws are the same, one at a time or in chunks;
+    tests check it), so a pass of eval_interval x groups visits starts at once.
+    """
+
+    _DRAW_CHUNK = 1 << 16
+
+    def __init__(self, arrays: SetArrays, seed: int, pass_number: int, epochs_per_iter: int, global_batch_size: int):
+        self.arrays = arrays
+        self.global_batch_size = global_batch_size
+        self.seed_sequence = np.random.SeedSequence(seed + pass_number)
+        self.rng = np.random.Generator(np.random.Philox(seed=seed + pass_number))
+        num_groups = arrays.num_groups
+        permutations = [self.rng.permutation(num_groups) for _ in range(epochs_per_iter)]
+        self.group_order = np.concatenate(permutations).astype(np.int64 if num_groups >= 2**31 else np.int32)
+        group_indices = arrays.group_indices.astype(np.int64)
+        self.group_lo, self.group_hi = group_indices[:-1], group_indices[1:]
+        self.puzzle_sizes = np.diff(arrays.puzzle_indices.astype(np.int64))
+        self.num_visits = self.group_order.size
+        self.visit_puzzles = np.empty(self.num_visits, dtype=np.int64 if arrays.num_puzzles >= 2**31 else np.int32)
+        self.num_drawn = 0
+        self.next_visit = 0  # first group visit of the next batch
+
+    def _draw_until(self, end: int) -> None:
+        while self.num_drawn < end:
+            stop = min(self.num_visits, max(end, self.num_drawn + self._DRAW_CHUNK))
+            groups = self.group_order[self.num_drawn:stop]
+            # Same draws as the reference's rng.integers(lo, hi) per visit, in visit order.
+            self.visit_puzzles[self.num_drawn:stop] = self.rng.integers(self.group_lo[groups], self.group_hi[groups])
+            self.num_drawn = stop
+
+    def next_visits(self) -> Optional[tuple[int, int]]:
+        """The group visits [start, stop) that fill the next batch; None when they cannot."""
+        start, window = self.next_visit, self.global_batch_size
+        while True:
+            stop = min(self.num_visits, start + window)
+            self._draw_until(stop)
+            filled = np.cumsum(self.puzzle_sizes[self.visit_puzzles[start:stop]])
+            if filled.size and filled[-1] >= self.global_batch_size:
+                last = int(np.searchsorted(filled, self.global_batch_size, side="left"))
+                self.next_visit = start + last + 1
+                return start, start + last + 1
+            if stop == self.num_visits:
+                self.next_visit = self.num_visits
+                return None  # the last, incomplete batch is dropped
+            window *= 2  # only puzzles without examples can make B visits fall short
+
+    def batch_rows(self, batch_index: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(example index, puzzle index) of each of the batch's global_batch_size rows."""
+        puzzles = self.visit_puzzles[start:stop]
+        sizes = self.puzzle_sizes[puzzles]
+        visit_of_row = np.repeat(np.arange(puzzles.size), sizes)
+        offset_in_puzzle = np.arange(visit_of_row.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        shuffle_rng = np.random.Generator(
+            np.random.Philox(np.random.SeedSequence(self.seed_sequence.entropy, spawn_key=(batch_index,)))
+        )
+        # Sort by visit, then by a random key: each puzzle's examples stay contiguous, shuffled.
+        order = np.lexsort((shuffle_rng.random(visit_of_row.size), visit_of_row))[: self.global_batch_size]
+        first_example = self.arrays.puzzle_indices[puzzles].astype(np.int64)
+        example_index = first_example[visit_of_row[order]] + offset_in_puzzle[order]
+        return example_index, puzzles[visit_of_row[order]]
+
+
+# --------------------------------------------------------------------------------------------
+# The loader
+# --------------------------------------------------------------------------------------------
+class PuzzleLoader:
+    """Batches of one worker over one split of one or more datasets (TRM_SPEC 8).
+
+    Train: one `for item in loader` is one iteration: one pass over every (set, path), each
+    pass covering `epochs_per_iter` epochs of that set's groups. Training passes
+    epochs_per_iter = eval_interval (or epochs when eval_interval is None), so one iteration
+    is one eval interval, as in the reference. Test: one `for` covers every example once.
+
+    The position (`state_dict`) counts batches handed out; restoring it into a fresh loader
+    (any world_size) continues with exactly the next global batch. A loop that prefetches
+    should checkpoint `item.state` of the last batch it consumed instead.
+    """
+
+    def __init__(
+        self,
+        data_paths: Sequence[PathLike],
+        split: str,
+        *,
+        global_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epochs_per_iter: int = 1,
+        to_torch: bool = True,
+        cache_dir: Optional[PathLike] = None,
+    ):
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {list(SPLITS)}")
+        if isinstance(data_paths, (str, os.PathLike)):
+            data_paths = [data_paths]
+        if not data_paths:
+            raise DatasetError("data_paths is empty: give at least one dataset folder or URI")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        if global_batch_size < 1 or global_batch_size % world_size:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} must be a positive multiple of world_size={world_size}"
+            )
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be >= 0 (it seeds numpy's Philox, as in the reference)")
+        if epochs_per_iter < 1:
+            raise ValueError(f"epochs_per_iter={epochs_per_iter} must be >= 1")
+
+        self.split = split
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // world_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.epochs_per_iter = seed, epochs_per_iter
+        self.to_torch = to_torch
+        self.data_paths = [str(p) for p in data_paths]
+        self.dataset_dirs = [resolve_data_path(p, cache_dir) for p in data_paths]
+        metadatas = [load_metadata(d, split) for d in self.dataset_dirs]
+        self.metadata: DatasetMetadata = merge_metadata(metadatas, names=self.data_paths)
+        self.fingerprint = dataset_fingerprint(self.dataset_dirs)
+        # Reference order: set-major, then path; path i > 0 renames "<set>" to "<set><i>".
+        self._sets = [
+            _Set(set_name if i == 0 else f"{set_name}{i}", load_set_arrays(d, split, set_name, meta))
+            for set_name in self.metadata.sets
+            for i, (d, meta) in enumerate(zip(self.dataset_dirs, metadatas))
+        ]
+        if split == "train":
+            for s in self._sets:
+                # Upper bound on one pass's examples; below one batch the pass yields nothing.
+                most = s.arrays.num_groups and int(
+                    np.maximum.reduceat(np.diff(s.arrays.puzzle_indices), s.arrays.group_indices[:-1]).sum()
+                )
+                if most * epochs_per_iter < global_batch_size:
+                    raise DatasetError(
+                        f"set {s.name!r} of {self.split} has too few examples to fill one global batch of "
+                        f"{global_batch_size} in {epochs_per_iter} epochs: lower global_batch_size or use more data"
+                    )
+        self._passes_completed = 0
+        self._batch_index = 0
+
+    @classmethod
+    def from_config(
+        cls, config: "TrainConfig", split: str, *, rank: int = 0, world_size: int = 1, **kwargs: Any
+    ) -> "PuzzleLoader":
+        """The loader the reference's pretrain.py builds for `split` from a training recipe."""
+        if split == "train":
+            paths = config.data_paths
+            epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
+        else:
+            paths = config.data_paths_test or config.data_paths
+            epochs_per_iter = 1
+        return cls(paths, split, global_batch_size=config.global_batch_size, rank=rank,
+                   world_size=world_size, seed=config.seed, epochs_per_iter=epochs_per_iter, **kwargs)
+
+    @property
+    def set_names(self) -> list[str]:
+        return [s.name for s in self._sets]
+
+    @property
+    def iteration(self) -> int:
+        """Completed iterations (train): passes completed // number of (set, path) passes."""
+        return self._passes_completed // len(self._sets)
+
+    # ---- position ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out. The pass in progress is the reference's
+        pass number `passes_completed + 1` (seeded seed + that), `batch_index` batches into it."""
+        return {
+            "version": STATE_VERSION,
+            "passes_completed": self._passes_completed,
+            "batch_index": self._batch_index,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "epochs_per_iter": self.epochs_per_iter,
+            "set_names": self.set_names,
+            "fingerprint": self.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
+        for key in ("seed", "global_batch_size", "epochs_per_iter", "set_names", "fingerprint"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}: "
+                    "a run resumes only with the seed, global_batch_size, eval_interval and datasets it started with"
+                )
+        self._passes_completed = int(state["passes_completed"])
+        self._batch_index = int(state["batch_index"])
+
+    # ---- iteration ---------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[LoaderBatch]:
+        return self._iter_train() if self.split == "train" else self._iter_test()
+
+    def _iter_train(self) -> Iterator[LoaderBatch]:
+        while True:
+            position = self._passes_completed % len(self._sets)
+            current = self._sets[position]
+            walk = _TrainPass(current.arrays, self.seed, self._passes_completed + 1,
+                              self.epochs_per_iter, self.global_batch_size)
+            for _ in range(self._batch_index):  # resume: skip the batches already handed out
+                if walk.next_visits() is None:
+                    break
+            while (visits := walk.next_visits()) is not None:
+                example_index, puzzle_index = walk.batch_rows(self._batch_index, *visits)
+                rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
+                batch = self._collate(current.arrays, example_index[rows], puzzle_index[rows])
+                self._batch_index += 1
+                yield LoaderBatch(current.name, batch, self.global_batch_size, self.local_batch_size, self.state_dict())
+            self._passes_completed += 1
+            self._batch_index = 0
+            if position == len(self._sets) - 1:
+                return
+
+    def _iter_test(self) -> Iterator[LoaderBatch]:
+        for current in self._sets:
+            arrays = current.arrays
+            for start in range(0, arrays.num_examples, self.global_batch_size):
+                end = min(arrays.num_examples, start + self.global_batch_size)
+                local_start = start + self.rank * self.local_batch_size
+                local_end = min(start + (self.rank + 1) * self.local_batch_size, end)
+                local_end = max(local_start, local_end)  # a worker past the end gets only padding
+                example_index = np.arange(local_start, local_end)
+                puzzle_index = np.searchsorted(arrays.puzzle_indices, example_index, side="right") - 1
+                batch = self._collate(arrays, slice(local_start, local_end), puzzle_index)
+                yield LoaderBatch(current.name, batch, end - start, example_index.size, self.state_dict())
+
+    def _collate(
+        self, arrays: SetArrays, examples: Union[np.ndarray, slice], puzzle_index: np.ndarray
+    ) -> dict[str, Any]:
+        """int32 rows for these examples (one puzzle index per row), labels mapped to -100,
+        padded to the local batch."""
+        num_rows, meta = puzzle_index.size, self.metadata
+        inputs = np.full((self.local_batch_size, meta.seq_len), meta.pad_id, dtype=np.int32)
+        labels = np.full((self.local_batch_size, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int32)
+        identifiers = np.full(self.local_batch_size, meta.blank_identifier_id, dtype=np.int32)
+        if num_rows:
+            # Indexing the memmaps reads only these rows.
+            inputs[:num_rows] = arrays.inputs[examples]
+            labels[:num_rows] = arrays.labels[examples]
+            identifiers[:num_rows] = arrays.puzzle_identifiers[puzzle_index]
+            if meta.ignore_label_id is not None:
+                real = labels[:num_rows]
+                real[real == meta.ignore_label_id] = IGNORE_LABEL_ID
+        batch = {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers}
+        if self.to_torch:
+            import torch
+
+            batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+        return batch
