@@ -188,6 +188,9 @@ def test_state_from_another_seed_or_dataset_is_refused(train_dir, tmp_path):
     write_dataset(tmp_path / "other", [[1, 2], [3]])
     with pytest.raises(ValueError, match="fingerprint"):
         PuzzleLoader([tmp_path / "other"], "train", global_batch_size=4, seed=1).load_state_dict(state)
+    # A test split added later leaves the train position valid.
+    write_dataset(train_dir, GROUPS, split="test")  # (same identifiers.json)
+    PuzzleLoader([train_dir], "train", global_batch_size=4, seed=1).load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -290,18 +290,19 @@ def load_set_arrays(dataset_dir: PathLike, split: str, set_name: str, metadata: 
 # --------------------------------------------------------------------------------------------
 # Fingerprint
 # --------------------------------------------------------------------------------------------
-def dataset_fingerprint(dataset_dirs: Sequence[PathLike]) -> str:
+def dataset_fingerprint(dataset_dirs: Sequence[PathLike], splits: Sequence[str] = SPLITS) -> str:
     """A short, stable hash that tells whether a checkpoint was trained on these datasets.
 
     Cheap: the canonical JSON of identifiers.json and of each split's dataset.json, plus the
-    byte size of every array file; no array is read and no mtime or absolute path enters, so
-    a copied or re-staged dataset keeps its fingerprint and a rebuilt one with other content
-    (almost always) changes it. The order of `dataset_dirs` matters, as it does for training.
+    byte size of every array file of those splits; no array is read and no mtime or absolute
+    path enters, so a copied or re-staged dataset keeps its fingerprint and a rebuilt one with
+    other content (almost always) changes it. The order of `dataset_dirs` matters, as it does
+    for training. `splits` narrows it (the loader checks only the split it reads).
     """
     digest = hashlib.sha256()
     for dataset_dir in dataset_dirs:
         digest.update(b"\x00dataset")
-        files = [IDENTIFIERS_FILE] + [f"{s}/{METADATA_FILE}" for s in SPLITS]
+        files = [IDENTIFIERS_FILE] + [f"{s}/{METADATA_FILE}" for s in splits]
         for name in files:
             path = Path(dataset_dir) / name
             if not path.is_file():
@@ -311,7 +312,7 @@ def dataset_fingerprint(dataset_dirs: Sequence[PathLike]) -> str:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 canonical = path.read_bytes().hex()
             digest.update(f"\x00{name}\x00{canonical}".encode())
-        for split in SPLITS:
+        for split in splits:
             directory = split_dir(dataset_dir, split)
             if directory.is_dir():
                 for path in sorted(directory.glob("*.npy")):

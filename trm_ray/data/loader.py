@@ -332,7 +332,9 @@ class PuzzleLoader:
         self.dataset_dirs = [resolve_data_path(p, cache_dir) for p in data_paths]
         metadatas = [load_metadata(d, split) for d in self.dataset_dirs]
         self.metadata: DatasetMetadata = merge_metadata(metadatas, names=self.data_paths)
-        self.fingerprint = dataset_fingerprint(self.dataset_dirs)
+        # Of this split only: adding a test split to a dataset does not invalidate a train position.
+        # Checkpoints that want the whole dataset's: layout.dataset_fingerprint(loader.dataset_dirs).
+        self.fingerprint = dataset_fingerprint(self.dataset_dirs, splits=(split,))
         # Reference order: set-major, then path; path i > 0 renames "<set>" to "<set><i>".
         self._sets = [
             _Set(set_name if i == 0 else f"{set_name}{i}", load_set_arrays(d, split, set_name, meta))
@@ -395,9 +397,9 @@ class PuzzleLoader:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
         for key in ("seed", "global_batch_size", "epochs_per_iter", "set_names", "fingerprint"):
-            if state[key] != getattr(self, key):
+            if state.get(key) != getattr(self, key):
                 raise ValueError(
-                    f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}: "
+                    f"loader state has {key}={state.get(key)!r} but this loader has {getattr(self, key)!r}: "
                     "a run resumes only with the seed, global_batch_size, eval_interval and datasets it started with"
                 )
         self._passes_completed = int(state["passes_completed"])
