@@ -97,10 +97,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, S, heads, head_dim); cos/sin: (S, head_dim) fp32. Math in fp32, result in x's dtype."""
-    x32 = x.float()
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+    """x * cos + rotate_half(x) * sin for x: (B, S, heads, head_dim), cos/sin: (S, head_dim) fp32
+    built from cat(freqs, freqs); math in fp32, result in x's dtype.
+
+    Written per half: [x1 c - x2 s, x2 c + x1 s] is the same arithmetic (negation is exact,
+    so the results are bit-identical) without materialising rotate_half(x) and its negation:
+    the step spends a large share of its CPU time in such elementwise passes."""
+    half = x.shape[-1] // 2
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None, :half], sin[:, None, :half]  # (S, 1, head_dim/2): the halves are equal
+    # (addcmul would fuse a multiply-add and round differently from the reference)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
 class Attention(nn.Module):
