@@ -14,7 +14,9 @@ IGNORE_LABEL_ID = -100
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """log(s(x) / sum s(x)) with s(x) = 1/(1-x) for x < 0, x+1 otherwise: a softmax substitute
     whose tails decay polynomially, so large logits never overflow."""
-    s = torch.where(x < 0, 1 / (1 - x), x + 1)
+    # The branch not taken must stay finite: at x = 1, 1/(1-x) is inf and where() would
+    # backpropagate 0 * inf = NaN. Clamping changes no value where the branch is taken.
+    s = torch.where(x < 0, 1 / (1 - x.clamp(max=0)), x + 1)
     return torch.log(s / s.sum(dim=dim, keepdim=True))
 
 
