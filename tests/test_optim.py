@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -262,7 +263,9 @@ def test_sign_sgd_state_dict_and_validation():
 
 def _sign_sgd_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
+    )
     try:
         local = len(IDS) // world_size
         rows = slice(rank * local, (rank + 1) * local)

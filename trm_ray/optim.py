@@ -101,9 +101,9 @@ class AdamATan2(torch.optim.Optimizer):
             torch._foreach_add_(steps, 1.0)
 
             if _use_fused(params):
-                # Signature of csrc/adam_atan2.cu in adam-atan2 0.0.3: lists of params, grads,
-                # exp_avgs, exp_avg_sqs (all one dtype, fp32 here), float32 step tensors on the
-                # device (already incremented), then lr, beta1, beta2, weight_decay.
+                # Called as adam_atan2.AdamATan2.step calls it (csrc/adam_atan2.cu): lists of
+                # params, grads, exp_avgs, exp_avg_sqs (one dtype and device; fp32 here), float32
+                # step tensors on that device, already incremented; then lr, beta1, beta2, wd.
                 _fused_backend.adam_atan2_cuda_impl_(
                     params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay
                 )
@@ -131,7 +131,10 @@ class AdamATan2(torch.optim.Optimizer):
 def _use_fused(params: list[torch.Tensor]) -> bool:
     # The kernel keeps moments in the parameter dtype; only fp32 parameters keep our fp32-moment
     # guarantee, and TRM stores every parameter in fp32 anyway (TRM_SPEC 2).
-    return _fused_backend is not None and all(p.is_cuda and p.dtype == torch.float32 for p in params)
+    device = params[0].device
+    return _fused_backend is not None and all(
+        p.is_cuda and p.device == device and p.dtype == torch.float32 for p in params
+    )
 
 
 def _adam_atan2_torch(
