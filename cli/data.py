@@ -43,11 +43,12 @@ def data() -> None:
 
 @data.command(
     cls=_ListOptionCommand,
-    epilog="Examples:\n\n"
-    "  trm-ray data build datasets/sudoku-4x4-quickstart.yaml\n\n"
-    "  trm-ray data build sudoku --source generate --size 9 --num-train 1000 --num-test 100 --min-difficulty 50 --num-aug 10 --output-dir data/sudoku-gen\n\n"
+    epilog="Examples:\n\n\b\n"
+    "  trm-ray data build sudoku --source generate --size 9 --num-train 1000 --num-test 100 "
+    "--min-difficulty 50 --num-aug 10 --output-dir data/sudoku-gen\n"
     "  trm-ray data build arc --input-file-prefix ../shared/data/arc/arc-agi --subsets training evaluation concept "
-    "--test-set-name evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000",
+    "--test-set-name evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000\n"
+    "  trm-ray data build datasets/sudoku-4x4-quickstart.yaml",
 )
 @click.argument("target")
 @click.option("--output-dir", help="Output folder or pyarrow filesystem URI (s3://, gs://, file://); default data/<recipe name>.")
