@@ -57,6 +57,11 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):
+            # torch.save writes zip archives; torch's legacy loader reports any other bytes as
+            # an unsupported pickle, which would send the user after the wrong problem.
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a readable torch checkpoint (truncated or "
+                                  f"corrupt?): not a torch.save archive") from None
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds pickled Python objects, not plain tensors, and trm-ray "
@@ -232,8 +237,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, config: Tra
     """Write the weights at `path` (reference format) and all_config.yaml beside it.
 
     A `path` that is an existing folder or ends with '/' gets model.pt inside it."""
+    names_a_folder = str(path).endswith(("/", os.sep))  # Path() drops the trailing separator
     path = Path(path)
-    if path.is_dir() or str(path).endswith(os.sep):
+    if path.is_dir() or names_a_folder:
         path = path / MODEL_FILE
     inner = getattr(model, "_orig_mod", model)
     arch = config.arch if isinstance(config, TrainConfig) else (config or inner.model.arch)
