@@ -34,10 +34,13 @@ FORMAT_VERSION = 1
 # ---------------------------------------------------------------------------------------------
 # Ordered parallel map: Ray Data when asked, a plain loop otherwise (same results)
 # ---------------------------------------------------------------------------------------------
-def _apply_batch(batch: dict[str, np.ndarray], fn: Callable[[Any], Any]) -> dict[str, np.ndarray]:
+def _apply_batch(batch: "pa.Table", fn: Callable[[Any], Any]) -> "pa.Table":
     # One output row per batch: the pickled list of results keeps ragged groups in one blob.
-    results = [fn(pickle.loads(blob)) for blob in batch["item"]]
-    return {"out": np.array([pickle.dumps(results, protocol=5)], dtype=object)}
+    # Plain Arrow binary both ways: an object column would be pickled once more by Ray Data.
+    import pyarrow as pa
+
+    results = [fn(pickle.loads(item.as_buffer())) for item in batch.column("item").combine_chunks()]
+    return pa.table({"out": pa.array([pickle.dumps(results, protocol=5)], type=pa.large_binary())})
 
 
 @contextmanager
@@ -75,14 +78,18 @@ def ordered_map(
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the writer needs groups in source order
     try:
-        rows = [{"item": pickle.dumps(item, protocol=5)} for item in items]
-        ds = ray.data.from_items(rows, override_num_blocks=num_blocks or min(len(rows), 200))
+        import pyarrow as pa
+
+        blobs = pa.array([pickle.dumps(item, protocol=5) for item in items], type=pa.large_binary())
+        num_blocks = num_blocks or min(len(items), 200)
+        bounds = np.linspace(0, len(items), num_blocks + 1).astype(int)
+        ds = ray.data.from_arrow([pa.table({"item": blobs[lo:hi]}) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
         ds = ds.map_batches(
-            functools.partial(_apply_batch, fn=fn), batch_size=batch_size, batch_format="numpy", num_cpus=1
+            functools.partial(_apply_batch, fn=fn), batch_size=batch_size, batch_format="pyarrow", num_cpus=1
         )
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for blob in batch["out"]:
-                yield from pickle.loads(blob)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for blob in batch.column("out").combine_chunks():
+                yield from pickle.loads(blob.as_buffer())
     finally:
         context.execution_options.preserve_order = previous
 
