@@ -88,7 +88,10 @@ def create_train_state(config: TrainConfig, shape: DataShape, total_steps: int,
         base_lrs.append(config.lr)
     ema = EMA(model, config.ema_rate) if config.ema else None
     if should_compile(config, device):
-        model = torch.compile(model)
+        # Compile the recursion only, in place: it holds all the FLOPs, while the ACT
+        # bookkeeping (seeded exploration draws, carry dataclasses) would only cause graph
+        # breaks; in place keeps state-dict keys free of `_orig_mod.`.
+        model.model.inner.compile()
     return TrainState(model=model, optimizers=optimizers, base_lrs=base_lrs, total_steps=total_steps,
                       global_batch_size=config.global_batch_size, lr_warmup_steps=config.lr_warmup_steps,
                       lr_min_ratio=config.lr_min_ratio, ema=ema)
