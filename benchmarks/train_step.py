@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                      # hidden 512, H3 L6, seq 81, batch 32, fp32
     python benchmarks/train_step.py --variants attention --steps 2
+    python benchmarks/train_step.py --compile           # eager and torch.compile'd rows
 
 Prints samples/s and achieved GFLOP/s per variant (FLOPs counted by torch's FlopCounterMode
 over one whole step, forward + backward) beside the fp32 matmul GFLOP/s measured in the same
@@ -41,8 +42,9 @@ def make_batch(batch: int, seq_len: int, vocab: int, num_ids: int, g: torch.Gene
     }
 
 
-def bench_variant(mlp_t: bool, args) -> dict[str, float]:
+def bench_variant(mlp_t: bool, compiled: bool, args) -> dict[str, float]:
     config = TrainConfig(
+        compile=compiled,
         arch=dict(hidden_size=args.hidden, L_layers=2, H_cycles=3, L_cycles=6, mlp_t=mlp_t, num_heads=8,
                   forward_dtype="float32", halt_exploration_prob=0.0),
         global_batch_size=args.batch, lr_warmup_steps=0, lr=1e-4, seed=0,
@@ -70,18 +72,21 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=81)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each variant with the recursion torch.compile'd (Inductor C++ on CPU)")
     parser.add_argument("--variants", nargs="+", default=["attention", "mlp_t"], choices=["attention", "mlp_t"])
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; hidden {args.hidden}, L_layers 2, "
           f"H_cycles 3, L_cycles 6, seq_len {args.seq_len}, batch {args.batch}, fp32")
     peak_before = matmul_gflops()
-    rows = [(variant, bench_variant(variant == "mlp_t", args)) for variant in args.variants]
+    rows = [(variant + (" +compile" if compiled else ""), bench_variant(variant == "mlp_t", compiled, args))
+            for variant in args.variants for compiled in ([False, True] if args.compile else [False])]
     peak = max(peak_before, matmul_gflops())  # measured around the runs: the better of two
     print(f"\nfp32 matmul (2048^3): {peak:.1f} GFLOP/s")
-    print(f"{'variant':<10} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of matmul':>10}")
+    print(f"{'variant':<20} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of matmul':>10}")
     for variant, r in rows:
-        print(f"{variant:<10} {r['s/step']:>8.2f} {r['samples/s']:>10.3f} {r['GFLOP/step']:>11.1f} "
+        print(f"{variant:<20} {r['s/step']:>8.2f} {r['samples/s']:>10.3f} {r['GFLOP/step']:>11.1f} "
               f"{r['GFLOP/s']:>8.1f} {r['GFLOP/s'] / peak:>9.0%}")
     print("reference code, same config, 2-core CI machine: 55 s/step (attention), 58 s/step (MLP-T), ~75% of matmul")
 
