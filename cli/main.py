@@ -24,7 +24,7 @@ def _register() -> None:
     # optional piece never breaks `trm-ray --help`.
     import importlib
 
-    for module_name, attr in [("trm_ray.cli.data", "data")]:
+    for module_name, attr in [("trm_ray.cli.data", "data"), ("trm_ray.cli.eval", "eval")]:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequenc
 import numpy as np
 import torch
 
+from trm_ray.ema import unwrap
 from trm_ray.inference import predict
 from trm_ray.model import IGNORE_LABEL_ID
 
@@ -202,9 +203,12 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _halt_max_steps(model: torch.nn.Module) -> int:
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)  # DistributedDataParallel
-    return int(inner.model.arch.halt_max_steps)
+    return int(unwrap(model).model.arch.halt_max_steps)
+
+
+def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    # predict() needs initial_carry, which DDP does not forward; a compiled model stays compiled.
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def predict_real_rows(model: torch.nn.Module, batch: Mapping[str, Any], num_real_rows: int
@@ -245,6 +249,7 @@ def evaluate(
     import torch.distributed as dist
 
     accumulator = EvalAccumulator(evaluators, _halt_max_steps(model))
+    model = _without_ddp(model)
     was_training = model.training
     model.eval()
     try:
