@@ -1,0 +1,46 @@
+"""`trm-ray eval` on Ray Data (2 inference actors) gives exactly the in-process numbers,
+submission and saved outputs (in dataset order). One local Ray for the module."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import trm_ray
+from trm_ray.cli.main import main as cli
+from trm_ray.eval import evaluate_checkpoint
+
+from test_eval import ARC_SHAPE, tiny_model, write_arc_test_split
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_data_eval_equals_in_process(tmp_path, ray_session):
+    dataset = write_arc_test_split(tmp_path / "arc")
+    (tmp_path / "ckpt").mkdir()
+    trm_ray.save_checkpoint(tiny_model(ARC_SHAPE, seed=2), tmp_path / "ckpt")
+    local = evaluate_checkpoint(tmp_path / "ckpt", dataset, batch_size=2, num_workers=0,
+                                save_outputs=("puzzle_identifiers", "preds", "q_halt_logits"))
+    outdir = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--dataset", str(dataset),
+                                      "--num-workers", "2", "--batch-size", "2", "--outdir", str(outdir),
+                                      "--save-outputs", "puzzle_identifiers,preds,q_halt_logits"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((outdir / "metrics.json").read_text())
+    assert written["metrics"] == pytest.approx(local.metrics) and written["num_workers"] == 2
+    assert json.loads((outdir / "submission.json").read_text()) == local.submission
+    outputs = np.load(outdir / "outputs.npz")
+    for name in ("puzzle_identifiers", "preds", "q_halt_logits"):
+        assert np.array_equal(outputs[f"all__{name}"], local.outputs["all"][name]), name
