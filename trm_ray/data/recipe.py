@@ -15,13 +15,14 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trm_ray.config import ConfigError, build, read_yaml
+from trm_ray.config import build, read_yaml
 
 Kind = Literal["arc", "sudoku", "maze"]
 
 # The reference builders' defaults (dataset/build_*_dataset.py).
 DEFAULT_SOURCE = {"sudoku": "sapientinc/sudoku-extreme", "maze": "sapientinc/maze-30x30-hard-1k"}
 DEFAULT_NUM_AUG = {"arc": 1000, "sudoku": 0, "maze": 0}
+DEFAULT_OUTPUT_DIR = {"arc": "data/arc-aug-1000", "sudoku": "data/sudoku-extreme-full", "maze": "data/maze-30x30-hard-1k"}
 
 
 class _Strict(BaseModel):
@@ -43,7 +44,10 @@ class DatasetRecipe(_Strict):
 
     kind: Kind = Field(..., description="Which builder: arc, sudoku or maze.")
     name: Optional[str] = Field(None, description="Dataset name; default output_dir is data/<name>.")
-    output_dir: Optional[str] = Field(None, description="Local folder or pyarrow filesystem URI (s3://, gs://, file://).")
+    output_dir: Optional[str] = Field(
+        None, description="Local folder or pyarrow filesystem URI (s3://, gs://, file://); default data/<name>, "
+        "else the reference builder's default."
+    )
     seed: int = Field(42, ge=0, description="Seeds every random choice of the build.")
     num_aug: Optional[int] = Field(
         None, ge=0, description="Augmented variants per puzzle (ARC default 1000, Sudoku 0); Maze uses `aug`."
@@ -112,7 +116,7 @@ class DatasetRecipe(_Strict):
             return self.output_dir
         if self.name:
             return os.path.join("data", self.name)
-        raise ConfigError("no output folder: pass --output-dir (or set output_dir / name in the recipe)")
+        return DEFAULT_OUTPUT_DIR[self.kind]
 
 
 def load_recipe(path: str | os.PathLike | None = None, overrides: Optional[dict[str, Any]] = None) -> DatasetRecipe:
