@@ -1,0 +1,104 @@
+"""`trm-ray train`: train TRM data-parallel with Ray Train.
+
+    trm-ray train experiments/quickstart.yaml
+    trm-ray train experiments/sudoku-mlp.yaml arch.L_cycles=6 lr=1e-4 ray.num_workers=8 ray.use_gpu=true
+    trm-ray train --resume runs/sudoku-mlp-20260101-120000
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+EPILOG = """Examples:
+
+  trm-ray data build datasets/sudoku-4x4-quickstart.yaml && trm-ray train experiments/quickstart.yaml
+
+  trm-ray train experiments/sudoku-mlp.yaml arch.L_cycles=6 lr=1e-4 ray.num_workers=8 ray.use_gpu=true --address auto
+
+  trm-ray train --resume runs/quickstart-20260101-120000
+"""
+
+
+def _split_args(args: tuple[str, ...]) -> tuple[Optional[str], list[str]]:
+    """RECIPE (the first argument without '=') and the key=value overrides."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def _metrics_line(metrics: dict) -> str:
+    keys = ["step", "epoch", "train/lm_loss", "train/accuracy", "train/exact_accuracy", "eval/exact_accuracy",
+            "eval/exact_accuracy_low", "eval/exact_accuracy_high"]
+    parts = [f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+             for k in keys if metrics.get(k) is not None]
+    return " ".join(parts) or "(none)"
+
+
+@click.command(context_settings={"ignore_unknown_options": True}, epilog=EPILOG)
+@click.argument("args", nargs=-1, metavar="[RECIPE.yaml] [KEY=VALUE]...")
+@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue the stopped run in this run folder.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[str], dry_run: bool) -> None:
+    """Train a TRM recipe on Ray Train (data-parallel, checkpointed, restartable).
+
+    RECIPE.yaml is a training recipe (experiments/*.yaml); KEY=VALUE pairs override its keys
+    with the reference's names (arch.L_cycles=6 lr=1e-4) and the Ray ones (ray.num_workers=4).
+    With --resume, RECIPE is optional: the run's own config.yaml is the base.
+    """
+    from trm_ray.checkpoint import CheckpointError
+    from trm_ray.config import ConfigError, apply_overrides, build, read_yaml, to_yaml, TrainConfig
+    from trm_ray.data.layout import DatasetError
+
+    recipe, overrides = _split_args(args)
+    try:
+        if resume_dir is not None:
+            run_dir = Path(resume_dir).expanduser().resolve()
+            saved = run_dir / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"--resume {resume_dir}: no config.yaml there; pass the run folder "
+                                  f"(<ray.storage_path>/<run_name>) of a run started by `trm-ray train`")
+            data = read_yaml(recipe) if recipe else read_yaml(saved)
+            data.pop("defaults", None)
+            # The run's identity comes from the folder, whatever the recipe says.
+            overrides = overrides + [f"run_name={run_dir.name}", f"ray.storage_path={run_dir.parent}"]
+            source = str(recipe or saved)
+        else:
+            if recipe is None:
+                raise ConfigError("give a recipe: trm-ray train RECIPE.yaml [key=value ...] (see experiments/)")
+            data = read_yaml(recipe)
+            data.pop("defaults", None)
+            source = recipe
+        config = build(TrainConfig, apply_overrides(data, overrides), source)
+        if not config.run_name:
+            stem = Path(recipe).stem if recipe else "run"
+            config = build(TrainConfig, {**config.model_dump(), "run_name": f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"},
+                           source)
+        if dry_run:
+            click.echo(to_yaml(config), nl=False)
+            return
+
+        from trm_ray.train.trainer import check_inputs, fit
+
+        config = check_inputs(config)
+        result = fit(config, address=address, resume=resume_dir is not None)
+    except (ConfigError, DatasetError, CheckpointError) as error:
+        raise click.ClickException(str(error)) from None
+    except Exception as error:  # Ray's TrainingFailedError and friends: one line, plus where to look
+        if type(error).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise click.ClickException(f"training failed: {first} (the run folder keeps its checkpoints; "
+                                   f"continue with --resume)") from None
+
+    click.echo(f"final: {_metrics_line(result.final)}")
+    click.echo(f"best:  {_metrics_line(result.best)}")
+    if result.best_checkpoint:
+        click.echo(f"best checkpoint: {result.best_checkpoint}")
+    if result.last_checkpoint:
+        click.echo(f"last checkpoint: {result.last_checkpoint}")
+    click.echo(f"run folder: {result.run_dir}")

@@ -1,0 +1,294 @@
+"""The Ray Train wrapper: the per-worker loop (trm_ray.train.loop) under a TorchTrainer.
+
+    from trm_ray.train.trainer import check_inputs, fit
+    config = check_inputs(load_train_config("experiments/quickstart.yaml"))   # fails fast, no Ray
+    result = fit(config)            # local Ray unless ray.address / RAY_ADDRESS names a cluster
+    result.final, result.best, result.run_dir
+
+Ray only prepares (process group, threads, device), reports and checkpoints; the loop is the
+same function that runs in one process. The run folder <ray.storage_path>/<run_name>/ holds:
+    config.yaml                   the resolved recipe (what `--resume` reads back)
+    metrics.jsonl                 every report, one JSON object a line (written by the controller)
+    checkpoint_<step>/            model.pt + all_config.yaml (reference format), train_state.pt
+    wandb/                        W&B files (offline runs when there are no credentials)
+    checkpoint_manager_snapshot.json, ...   Ray's own bookkeeping (what resuming reads)
+Kept checkpoints: the `checkpoint.num_to_keep` best by eval/exact_accuracy, and the latest
+always (Ray never deletes the latest one), so best and last both survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from trm_ray.config import ConfigError, TrainConfig, to_yaml
+from trm_ray.data.layout import load_metadata
+from trm_ray.data.loader import is_uri
+from trm_ray.train.loop import (
+    EVAL_METRIC,
+    FAULT_ENV,
+    METRICS_FILE,
+    STEP_KEY,
+    append_metrics,
+    build_evaluators,
+    checkpoint_dir_name,
+    has_test_split,
+    json_safe,
+    train,
+)
+
+CONFIG_FILE = "config.yaml"
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+# Environment variables the workers get from the driver (dataset cache, test hooks).
+FORWARDED_ENV = ("TRM_RAY_CACHE", FAULT_ENV, "WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_BASE_URL",
+                 "WANDB_SILENT")
+# Each ray.train.report waits for one controller poll (2 s by default): 0.5 s keeps periodic
+# train reports cheap without loading the controller. A value the user sets wins.
+DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
+
+
+# --------------------------------------------------------------------------------------------
+# Before Ray: resolve paths and fail fast on user errors
+# --------------------------------------------------------------------------------------------
+def _absolute(path: str) -> str:
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def run_dir_of(config: TrainConfig) -> str:
+    storage = config.ray.storage_path
+    return f"{storage.rstrip('/')}/{config.run_name}" if is_uri(storage) else str(Path(storage) / str(config.run_name))
+
+
+def check_inputs(config: TrainConfig) -> TrainConfig:
+    """Absolute local paths (workers may run elsewhere) and one-line errors for what a user
+    can get wrong, before any Ray process starts. Raises ConfigError / DatasetError."""
+    if not config.data_paths:
+        raise ConfigError("data_paths is empty: name the dataset folder(s), e.g. data_paths=[data/sudoku-4x4-quickstart]")
+    update: dict[str, Any] = {
+        "data_paths": [_absolute(p) for p in config.data_paths],
+        "data_paths_test": [_absolute(p) for p in config.data_paths_test],
+        "ray": config.ray.model_copy(update={"storage_path": _absolute(config.ray.storage_path)}),
+    }
+    if config.load_checkpoint:
+        update["load_checkpoint"] = _absolute(config.load_checkpoint)
+        if not is_uri(config.load_checkpoint) and not Path(update["load_checkpoint"]).exists():
+            raise ConfigError(f"load_checkpoint={config.load_checkpoint!r} does not exist")
+    config = config.model_copy(update=update)
+    config = TrainConfig.model_validate(config.model_dump())  # re-validate the copy
+    for path in config.data_paths:
+        if not is_uri(path):
+            load_metadata(path, "train")  # DatasetError names the folder and how to build it
+    for path in config.data_paths_test:
+        if not is_uri(path):
+            load_metadata(path, "test")
+    if not any(is_uri(p) for p in config.data_paths):
+        from trm_ray.data.loader import PuzzleLoader
+
+        PuzzleLoader.from_config(config, "train")  # too few examples for one batch, mismatched sets, ...
+    if config.evaluators and has_test_split(config.data_paths_test or config.data_paths):
+        build_evaluators(config)  # unknown evaluator names fail here, not in the workers
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Inside the workers
+# --------------------------------------------------------------------------------------------
+class RaySession:
+    """The loop's runner under Ray Train: resume from get_checkpoint(), report to Ray."""
+
+    def __init__(self, run_dir: Optional[str]):
+        self.run_dir = run_dir
+
+    @contextlib.contextmanager
+    def resume_checkpoint(self) -> Iterator[Optional[Path]]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield Path(folder)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Optional[Path]) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=checkpoint_dir_name(int(metrics[STEP_KEY])))
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: set threads and device, then the plain loop."""
+    import ray.train
+    import torch
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    torch.set_num_threads(loop_config["threads_per_worker"])
+    device = None
+    if config.ray.use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    train(config, RaySession(loop_config["run_dir"]), device=device,
+          report_every_s=loop_config["report_every_s"], report_every_steps=loop_config["report_every_steps"])
+
+
+# --------------------------------------------------------------------------------------------
+# The controller side: our metrics file
+# --------------------------------------------------------------------------------------------
+def _metrics_file_callback(run_dir: str):
+    import ray.train
+
+    class MetricsFile(ray.train.UserCallback):
+        """Appends every report (rank 0's metrics, plus the checkpoint folder name) to
+        <run_dir>/metrics.jsonl. Ray Train V2 writes no result.json/progress.csv of its own."""
+
+        def __init__(self, run_dir: str):
+            self.run_dir = run_dir
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            record = dict(metrics[0]) if metrics else {}
+            if checkpoint is not None:
+                record["checkpoint"] = Path(checkpoint.path).name
+            if is_uri(self.run_dir):
+                _append_remote(f"{self.run_dir}/{METRICS_FILE}", record)
+            else:
+                Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+                append_metrics(Path(self.run_dir) / METRICS_FILE, record)
+
+    return MetricsFile(run_dir)
+
+
+def _append_remote(uri: str, record: dict[str, Any]) -> None:
+    """Object stores cannot append: read, add a line, write back (the file is small)."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    old = b""
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        with filesystem.open_input_stream(path) as stream:
+            old = stream.read()
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(old + (json.dumps(json_safe(record)) + "\n").encode())
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of <run_dir>/metrics.jsonl (local run folders)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainRunResult:
+    run_dir: str
+    final: dict[str, Any] = field(default_factory=dict)  # the last report
+    best: dict[str, Any] = field(default_factory=dict)  # the report with the highest eval metric
+    best_checkpoint: Optional[str] = None
+    last_checkpoint: Optional[str] = None
+
+
+def summarize(run_dir: str) -> TrainRunResult:
+    """Final and best metrics from the run's metrics file."""
+    records = read_metrics(run_dir) if not is_uri(run_dir) else []
+    result = TrainRunResult(run_dir=run_dir)
+    if not records:
+        return result
+    result.final = records[-1]
+    evaluated = [r for r in records if isinstance(r.get(EVAL_METRIC), (int, float))]
+    if evaluated:
+        # ties go to the later report, as Ray ranks checkpoints of equal score (it keeps that one)
+        result.best = max(evaluated, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
+    with_checkpoint = [r for r in records if r.get("checkpoint")]
+    if with_checkpoint:
+        result.last_checkpoint = str(Path(run_dir) / with_checkpoint[-1]["checkpoint"])
+    kept = [r for r in evaluated if r.get("checkpoint") and (Path(run_dir) / r["checkpoint"]).is_dir()]
+    if kept:
+        best_kept = max(kept, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
+        result.best_checkpoint = str(Path(run_dir) / best_kept["checkpoint"])
+    return result
+
+
+def ensure_ray(address: Optional[str]) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), else start a local Ray. True when we started it
+    (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    return True
+
+
+def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = False,
+        report_every_s: float = 60.0, report_every_steps: Optional[int] = None) -> TrainRunResult:
+    """Train `config` with a TorchTrainer (config should come through check_inputs).
+
+    resume=False refuses an existing run folder (Ray would silently continue it);
+    resume=True continues it from its latest checkpoint: the same RunConfig(name, storage_path)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not config.run_name:
+        raise ConfigError("run_name is not set (the CLI generates one)")
+    run_dir = run_dir_of(config)
+    local_run_dir = None if is_uri(run_dir) else Path(run_dir)
+    if local_run_dir is not None:
+        started_before = (local_run_dir / RAY_SNAPSHOT_FILE).exists() or (local_run_dir / CONFIG_FILE).exists()
+        if started_before and not resume:
+            raise ConfigError(f"run folder {run_dir} already exists: continue it with --resume {run_dir}, "
+                              f"or choose another run_name=")
+        if resume and not started_before:
+            raise ConfigError(f"--resume {run_dir}: no run there (no {CONFIG_FILE})")
+        local_run_dir.mkdir(parents=True, exist_ok=True)
+        (local_run_dir / CONFIG_FILE).write_text(to_yaml(config))
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
+    started = ensure_ray(address or config.ray.address)
+    try:
+        resources = dict(config.ray.resources_per_worker) or None
+        cpus_per_worker = (resources or {}).get("CPU", 1)
+        threads = config.ray.threads_per_worker or max(1, int(cpus_per_worker))
+        evaluates = has_test_split(config.data_paths_test or config.data_paths)
+        checkpoint_config = ray.train.CheckpointConfig(
+            num_to_keep=config.checkpoint.num_to_keep,
+            checkpoint_score_attribute=EVAL_METRIC if evaluates else None,
+            checkpoint_score_order="max",
+        )
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        trainer = TorchTrainer(
+            worker_loop,
+            train_loop_config={"config": config.model_dump(mode="json"), "run_dir": run_dir,
+                               "threads_per_worker": threads, "report_every_s": report_every_s,
+                               "report_every_steps": report_every_steps},
+            torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(
+                name=config.run_name,
+                storage_path=config.ray.storage_path,
+                checkpoint_config=checkpoint_config,
+                failure_config=ray.train.FailureConfig(max_failures=config.ray.max_failures),
+                callbacks=[_metrics_file_callback(run_dir)],
+                worker_runtime_env={"env_vars": env} if env else None,
+                # Ray Train logs every report's whole metrics dict at INFO; progress is ours.
+                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            ),
+        )
+        trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return summarize(run_dir)
