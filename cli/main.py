@@ -24,7 +24,8 @@ def _register() -> None:
     # optional piece never breaks `trm-ray --help`.
     import importlib
 
-    for module_name, attr in [("trm_ray.cli.data", "data"), ("trm_ray.cli.eval", "eval")]:
+    for module_name, attr in [("trm_ray.cli.data", "data"), ("trm_ray.cli.eval", "eval"), ("trm_ray.cli.train", "train"),
+                              ("trm_ray.cli.sweep", "sweep"), ("trm_ray.cli.sweep", "compare")]:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
