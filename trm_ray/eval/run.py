@@ -210,27 +210,40 @@ def _ray_session(use_gpu: bool):
     return session()
 
 
+def _quiet_ray_data_console(level: int) -> None:
+    import logging
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)
+
+
 def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.DatasetMetadata,
                      chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
                      on_batch: Callable, num_workers: int, use_gpu: bool) -> None:
+    import logging
+
     import ray
 
     with _ray_session(use_gpu):
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # saved outputs in dataset order
-        context.enable_progress_bars = False
+        context.print_on_execution_start = False
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         cpus_per_actor = 1 if use_gpu else max(1, total_cpus // num_workers)
+        num_workers = min(num_workers, len(chunks))  # more actors than work items would idle
         items = [{"set": s, "start": a, "stop": b} for s, a, b in chunks]
+        model_ref = ray.put(model.cpu())  # held here for the whole run (actor restarts re-read it)
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _Predictor,
             batch_size=1,  # one work item = one batch of rows
-            concurrency=num_workers,
-            num_cpus=cpus_per_actor if not use_gpu else 1,
+            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            num_cpus=cpus_per_actor,
             num_gpus=1 if use_gpu else 0,
-            fn_constructor_kwargs={"model_ref": ray.put(model.cpu()), "dataset_dir": dataset_dir,
+            fn_constructor_kwargs={"model_ref": model_ref, "dataset_dir": dataset_dir,
                                    "use_gpu": use_gpu, "num_threads": cpus_per_actor},
         )
+        _quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
         for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             sets = rows.pop("set")
             for set_name in dict.fromkeys(sets):
