@@ -25,7 +25,8 @@ def _register() -> None:
     import importlib
 
     for module_name, attr in [("trm_ray.cli.data", "data"), ("trm_ray.cli.eval", "eval"), ("trm_ray.cli.train", "train"),
-                              ("trm_ray.cli.sweep", "sweep"), ("trm_ray.cli.sweep", "compare")]:
+                              ("trm_ray.cli.sweep", "sweep"), ("trm_ray.cli.sweep", "compare"),
+                              ("trm_ray.cli.submit", "submit"), ("trm_ray.cli.submit", "jobs")]:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
