@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -220,6 +221,7 @@ def head(tmp_path_factory):
             starter.kill()
         _stop_head(session_id, temp_dir)
         assert not _processes_of_head(session_id, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
