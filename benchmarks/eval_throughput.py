@@ -4,8 +4,8 @@
     python benchmarks/eval_throughput.py --examples 2048 --hidden 128 --workers 1 2 4
 
 Same checkpoint, same dataset, run side by side in one process: the in-process path (no Ray)
-first as the baseline, then Ray Data with each worker count (one CPU and one torch thread per
-actor). Times cover what a user waits for once Ray is up: actor start, model load from the
+first as the baseline, then Ray Data with each worker count; every row uses one torch thread
+per worker (cpus_per_worker=1), so the ratio shows what a worker adds. Times cover what a user waits for once Ray is up: actor start, model load from the
 object store, reading rows, the full ACT loop and the driver's scoring; not the ray.init.
 Prints examples/s per row and the ratio of each to the 1-worker row.
 """
@@ -80,10 +80,12 @@ def main() -> None:
         ray.init(num_cpus=max(args.workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
             # Ray Data's first pipeline in a process pays ~5 s of one-off start-up: not eval's cost.
-            evaluate_checkpoint(root / "ckpt", root / "data", batch_size=args.batch_size, num_workers=1, one_batch=True)
+            evaluate_checkpoint(root / "ckpt", root / "data", batch_size=args.batch_size, num_workers=1, one_batch=True,
+                                cpus_per_worker=1)
             for workers in args.workers:
                 start = time.perf_counter()
-                run = evaluate_checkpoint(root / "ckpt", root / "data", batch_size=args.batch_size, num_workers=workers)
+                run = evaluate_checkpoint(root / "ckpt", root / "data", batch_size=args.batch_size, num_workers=workers,
+                                          cpus_per_worker=1)
                 seconds = time.perf_counter() - start
                 rows.append((f"Ray Data, {workers} worker{'s' if workers > 1 else ''}", args.examples / seconds,
                              run.metrics["eval/accuracy"]))

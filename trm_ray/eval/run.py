@@ -220,7 +220,8 @@ def _quiet_ray_data_console(level: int) -> None:
 
 def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.DatasetMetadata,
                      chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
-                     on_batch: Callable, num_workers: int, use_gpu: bool) -> None:
+                     on_batch: Callable, num_workers: int, use_gpu: bool,
+                     cpus_per_worker: Optional[int] = None) -> None:
     import logging
 
     import ray
@@ -230,7 +231,7 @@ def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.Data
         context.execution_options.preserve_order = True  # saved outputs in dataset order
         context.print_on_execution_start = False
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        cpus_per_actor = 1 if use_gpu else max(1, total_cpus // num_workers)
+        cpus_per_actor = cpus_per_worker or (1 if use_gpu else max(1, total_cpus // num_workers))
         num_workers = min(num_workers, len(chunks))  # more actors than work items would idle
         items = [{"set": s, "start": a, "stop": b} for s, a, b in chunks]
         model_ref = ray.put(model.cpu())  # held here for the whole run (actor restarts re-read it)
@@ -269,6 +270,7 @@ def evaluate_checkpoint(
     save_outputs: Sequence[str] = (),
     num_workers: int = 0,
     use_gpu: bool = False,
+    cpus_per_worker: Optional[int] = None,
     config: Any = None,
 ) -> EvalRun:
     """Evaluate a checkpoint (path, or an already loaded TRMWithLoss) on a dataset's test split.
@@ -277,7 +279,8 @@ def evaluate_checkpoint(
     set (a smoke test; ARC/pass@K then counts the puzzles not reached as unsolved).
     evaluators: None adds an ARCEvaluator on ARC datasets (test_puzzles.json present).
     num_workers: 0 runs in this process (no Ray); N >= 1 runs Ray Data batch inference over
-    N actors (one GPU each with use_gpu)."""
+    N actors (one GPU each with use_gpu); cpus_per_worker: CPUs (and torch threads) per actor,
+    None: the cluster's CPUs / N (1 with use_gpu)."""
     from trm_ray.data.loader import resolve_data_path
 
     unknown = sorted(set(save_outputs) - set(SAVABLE_OUTPUTS))
@@ -316,7 +319,8 @@ def evaluate_checkpoint(
         for s in sets:
             accumulator.add_set(s)
         if chunks:
-            _evaluate_on_ray(model, dataset_dir, meta, chunks, accumulator, collector, num_workers, use_gpu)
+            _evaluate_on_ray(model, dataset_dir, meta, chunks, accumulator, collector, num_workers, use_gpu,
+                             cpus_per_worker)
         metrics = accumulator.result()
     seconds = time.perf_counter() - start_time
 
