@@ -190,7 +190,7 @@ def read_rows(arrays: layout.SetArrays, meta: layout.DatasetMetadata, start: int
             "puzzle_identifiers": np.asarray(arrays.puzzle_identifiers[puzzle]).astype(np.int32)}
 
 
-def _ray_session(use_gpu: bool):
+def _ray_session():
     import contextlib
 
     import ray
@@ -222,38 +222,49 @@ def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.Data
                      chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
                      on_batch: Callable, num_workers: int, use_gpu: bool,
                      cpus_per_worker: Optional[int] = None) -> None:
+    import ray
+
+    with _ray_session():
+        context = ray.data.DataContext.get_current()
+        saved = (context.execution_options.preserve_order, context.print_on_execution_start)
+        context.execution_options.preserve_order = True  # saved outputs in dataset order
+        context.print_on_execution_start = False
+        try:
+            _stream(model, dataset_dir, chunks, accumulator, on_batch, num_workers, use_gpu, cpus_per_worker)
+        finally:  # the caller's (a notebook's) Ray Data settings come back
+            context.execution_options.preserve_order, context.print_on_execution_start = saved
+
+
+def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
+            on_batch: Callable, num_workers: int, use_gpu: bool, cpus_per_worker: Optional[int]) -> None:
     import logging
 
     import ray
 
-    with _ray_session(use_gpu):
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # saved outputs in dataset order
-        context.print_on_execution_start = False
-        total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        cpus_per_actor = cpus_per_worker or (1 if use_gpu else max(1, total_cpus // num_workers))
-        num_workers = min(num_workers, len(chunks))  # more actors than work items would idle
-        items = [{"set": s, "start": a, "stop": b} for s, a, b in chunks]
-        model_ref = ray.put(model.cpu())  # held here for the whole run (actor restarts re-read it)
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _Predictor,
-            batch_size=1,  # one work item = one batch of rows
-            compute=ray.data.ActorPoolStrategy(size=num_workers),
-            num_cpus=cpus_per_actor,
-            num_gpus=1 if use_gpu else 0,
-            fn_constructor_kwargs={"model_ref": model_ref, "dataset_dir": dataset_dir,
-                                   "use_gpu": use_gpu, "num_threads": cpus_per_actor},
-        )
-        _quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
-        for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            sets = rows.pop("set")
-            for set_name in dict.fromkeys(sets):
-                select = sets == set_name
-                batch = {k: rows[k][select].astype(np.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
-                outputs = {k: rows[k][select] for k in EVALUATOR_OUTPUTS}
-                outputs["preds"] = outputs["preds"].astype(np.int32)
-                accumulator.add(str(set_name), batch, outputs)
-                on_batch(str(set_name), batch, outputs)
+    total_cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus_per_actor = cpus_per_worker or (1 if use_gpu else max(1, total_cpus // num_workers))
+    num_workers = min(num_workers, len(chunks))  # more actors than work items would idle
+    items = [{"set": s, "start": a, "stop": b} for s, a, b in chunks]
+    model_ref = ray.put(model.cpu())  # held here for the whole run (actor restarts re-read it)
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _Predictor,
+        batch_size=1,  # one work item = one batch of rows
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_actor,
+        num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs={"model_ref": model_ref, "dataset_dir": dataset_dir,
+                               "use_gpu": use_gpu, "num_threads": cpus_per_actor},
+    )
+    _quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
+    for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        sets = rows.pop("set")
+        for set_name in dict.fromkeys(sets):
+            select = sets == set_name
+            batch = {k: rows[k][select].astype(np.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
+            outputs = {k: rows[k][select] for k in EVALUATOR_OUTPUTS}
+            outputs["preds"] = outputs["preds"].astype(np.int32)
+            accumulator.add(str(set_name), batch, outputs)
+            on_batch(str(set_name), batch, outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +301,8 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
     if use_gpu and not num_workers and not torch.cuda.is_available():
         raise ValueError("use_gpu: no CUDA device in this process")
-    dataset_dir = str(dataset)
+    # Absolute: Ray workers (on other nodes too) resolve it themselves.
+    dataset_dir = str(dataset) if "://" in str(dataset) else os.path.abspath(dataset)
     local = resolve_data_path(dataset_dir)
     meta = layout.load_metadata(local, "test")
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_eval_model(checkpoint, ema, config)
