@@ -85,12 +85,12 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
     for path in config.data_paths_test:
         if not is_uri(path):
             load_metadata(path, "test")
+    if config.evaluators and has_test_split(config.data_paths_test or config.data_paths):
+        build_evaluators(config)  # unknown evaluator names fail here, not in the workers
     if not any(is_uri(p) for p in config.data_paths):
         from trm_ray.data.loader import PuzzleLoader
 
         PuzzleLoader.from_config(config, "train")  # too few examples for one batch, mismatched sets, ...
-    if config.evaluators and has_test_split(config.data_paths_test or config.data_paths):
-        build_evaluators(config)  # unknown evaluator names fail here, not in the workers
     return config
 
 
