@@ -362,6 +362,16 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
     every = report_every_steps
     last: dict[str, float] = {}
     done = False
+    # Throughput over the steps since the previous report, that report's own wait included.
+    window_start, window_steps = time.perf_counter(), 0
+
+    def throughput() -> dict[str, float]:
+        nonlocal window_start, window_steps
+        now = time.perf_counter()
+        rate = window_steps * config.global_batch_size / max(now - window_start, 1e-9)
+        window_start, window_steps = now, 0
+        return {SAMPLES_PER_S_KEY: rate}
+
     try:
         for iteration in range(train_loader.iteration, num_iterations):
             # ---- train one eval interval ------------------------------------------------------
@@ -378,15 +388,16 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
                 tracker.log(metrics, step=state.step)
                 progress.step(state.step, metrics)
                 steps_this_call += 1
+                window_steps += 1
                 if every is None and steps_this_call == 5:  # after warm-up: measure, then agree
                     every = agree_on_report_every((time.perf_counter() - started) / 5, report_every_s)
                 if every is not None and state.step % every == 0:
-                    last = {**averager.pop(), STEP_KEY: state.step}
+                    last = {**averager.pop(), **throughput(), STEP_KEY: state.step}
                     session.report(last, None)
 
             # ---- evaluate and checkpoint ------------------------------------------------------
             epoch = (iteration + 1) * eval_interval
-            report = {**averager.pop(), STEP_KEY: state.step, EPOCH_KEY: epoch}
+            report = {**averager.pop(), **throughput(), STEP_KEY: state.step, EPOCH_KEY: epoch}
             evaluated = test_loader is not None and iteration >= config.min_eval_interval
             if evaluated:
                 from trm_ray.eval import evaluate
@@ -413,6 +424,7 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
             else:
                 session.report(report, None)
             last = report
+            window_start, window_steps = time.perf_counter(), 0  # throughput excludes eval + checkpoint
             if done:
                 break
     finally:
