@@ -284,7 +284,7 @@ class Progress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(summary)
         else:
-            print(f"trm-ray: step {step}/{self.total} {summary}", flush=True)
+            self._print(f"trm-ray: step {step}/{self.total} {summary}")
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -292,7 +292,13 @@ class Progress:
         if self.bar is not None:
             self.bar.write(text)
         else:
-            print(text, flush=True)
+            self._print(text)
+
+    @staticmethod
+    def _print(text: str) -> None:
+        # To the process's real stdout: under Ray Train with W&B, sys.stdout is W&B's wrapper
+        # and Ray's print patch would tee each line to it and to its logger (printed twice).
+        print(text, file=sys.__stdout__ or sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
