@@ -66,6 +66,7 @@ def data() -> None:
 @click.option("--num-test", type=int, help="generate: test puzzles (never equal to a train puzzle).")
 @click.option("--size", type=int, help="generate: Sudoku side (4, 9) or maze side n.")
 @click.option("--min-clues", type=int, help="generate Sudoku: stop removing clues at this many (0: minimal puzzles).")
+@click.option("--max-clues", type=int, help="generate Sudoku: draw each puzzle's clue target from [min-clues, max-clues].")
 @click.option("--loop-prob", type=float, help="generate Maze: chance of knocking out each extra wall.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--num-cpus", type=int, help="CPUs of the local Ray instance started when none is running.")
@@ -94,8 +95,8 @@ def build(target: str, **flags: Any) -> None:
     flags.pop("source_repo")
     if flags.get("subsets") is not None:
         flags["subsets"] = [s for s in flags["subsets"].replace(",", " ").split() if s]
-    overrides = {k: v for k, v in flags.items() if k not in ("num_train", "num_test", "size", "min_clues", "loop_prob")}
-    for key in ("num_train", "num_test", "size", "min_clues", "loop_prob"):
+    overrides = {k: v for k, v in flags.items() if k not in ("num_train", "num_test", "size", "min_clues", "max_clues", "loop_prob")}
+    for key in ("num_train", "num_test", "size", "min_clues", "max_clues", "loop_prob"):
         overrides[f"generate.{key}"] = flags[key]
     try:
         if target in KINDS:

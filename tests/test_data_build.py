@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trm_ray.data import layout
-from trm_ray.data.builder import build_dataset
+from trm_ray.data.builder import _class_key, build_dataset
 from trm_ray.data.recipe import load_recipe
 from trm_ray.data.transforms import arc_decode_grid, invert_arc_variant
 
@@ -61,7 +61,7 @@ def dataset_bytes(path) -> dict[str, bytes]:
 
 def test_sudoku_same_bytes_whatever_the_batching_and_ray(ray_cpus2, tmp_path):
     recipe = load_recipe(
-        None, {"kind": "sudoku", "source": "generate", "num_aug": 3, "generate.size": 4, "generate.num_train": 40, "generate.num_test": 10}
+        None, {"kind": "sudoku", "source": "generate", "num_aug": 3, "generate.size": 4, "generate.num_train": 40, "generate.num_test": 10, "generate.min_clues": 5, "generate.max_clues": 9}
     )
     local = build_dataset(recipe, str(tmp_path / "local"), use_ray=False)
     a = build_dataset(recipe, str(tmp_path / "a"), batch_size=3, num_blocks=7)
@@ -75,6 +75,9 @@ def test_sudoku_same_bytes_whatever_the_batching_and_ray(ray_cpus2, tmp_path):
     test = layout.load_set_arrays(tmp_path / "a", "test", "all", layout.load_metadata(tmp_path / "a", "test"))
     train_questions = {row.tobytes() for row in arrays.inputs[arrays.puzzle_indices[arrays.group_indices[:-1]]]}
     assert not train_questions & {row.tobytes() for row in test.inputs}  # test puzzles are not train puzzles
+    text = lambda row: "".join("." if v == 1 else str(v - 1) for v in row)  # noqa: E731
+    train_classes = {_class_key("sudoku", text(row), 4) for row in arrays.inputs}
+    assert not train_classes & {_class_key("sudoku", text(row), 4) for row in test.inputs}  # nor shuffles of them
     assert json.load(open(tmp_path / "a" / "identifiers.json")) == ["<blank>"]
     other_seed = build_dataset(recipe.model_copy(update={"seed": 7}), str(tmp_path / "c"), use_ray=False)
     assert other_seed["content_sha256"] != a["content_sha256"]

@@ -147,6 +147,16 @@ def test_generated_sudoku_is_unique_and_shuffles_keep_validity(size):
         assert sudoku_lib.count_solutions(b)[0] == 1
 
 
+def test_4x4_symmetry_class_is_shared_by_exactly_the_shuffles():
+    rng = rng_for(0, 4, 1)
+    board, solution, _ = sudoku_lib.generate_sudoku(rng, 4, min_clues=6)
+    key = sudoku_lib.symmetry_class(board)
+    for _ in range(20):
+        assert sudoku_lib.symmetry_class(sudoku_shuffle(board, solution, rng)[0]) == key
+    other, _, _ = sudoku_lib.generate_sudoku(rng, 4, min_clues=9, max_clues=9)
+    assert (other != 0).sum() == 9 and sudoku_lib.symmetry_class(other) != key  # a different clue count
+
+
 def test_sudoku_group_encoding_and_bad_rows():
     rng = rng_for(0, 4, 0)
     board, solution, _ = sudoku_lib.generate_sudoku(rng, 4)

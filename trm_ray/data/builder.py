@@ -12,6 +12,7 @@ batches, and the bytes depend only on the recipe and its seed, never on CPUs or 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import pickle
@@ -23,9 +24,17 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 import numpy as np
 
 from trm_ray.data import groups as G
+from trm_ray.data import sudoku as sudoku_lib
 from trm_ray.data.recipe import DatasetRecipe, load_recipe
 from trm_ray.data.sources import CsvRow, DatasetBuildError, load_arc, read_source_csvs
-from trm_ray.data.transforms import ARC_SEQ_LEN, ARC_VOCAB_SIZE, MAZE_VOCAB_SIZE, STREAM_SUBSAMPLE, rng_for
+from trm_ray.data.transforms import (
+    ARC_SEQ_LEN,
+    ARC_VOCAB_SIZE,
+    MAZE_VOCAB_SIZE,
+    STREAM_SUBSAMPLE,
+    dihedral_transform,
+    rng_for,
+)
 from trm_ray.data.writer import DatasetWriter
 
 FORMAT_VERSION = 1
@@ -115,25 +124,45 @@ def _side(rows: list[CsvRow], kind: str) -> int:
     return side
 
 
-def _generated_rows(recipe: DatasetRecipe, run: Callable) -> dict[str, list[CsvRow]]:
-    """Puzzles from the built-in generator, unique within train and test disjoint from train.
+# 4x4 Sudoku has few symmetry classes (minimal puzzles: a few dozen), so a test set merely
+# free of train puzzles would still hold shuffles of them. There, one class in
+# TEST_CLASS_SHARE goes to test only, the rest to train only.
+TEST_CLASS_SHARE = 5
 
-    Puzzle k of a split comes from rng_for(seed, stream of the split, k); duplicates are
-    dropped in index order and replaced by the next indices, so the set is a pure function
-    of the recipe.
+
+def _class_key(kind: str, question: str, size: int) -> bytes:
+    """Equal for puzzles the train augmentation can map onto each other."""
+    if kind == "sudoku" and size == 4:
+        return sudoku_lib.symmetry_class(sudoku_lib.parse_board(question, size, blank_ok=True))
+    if kind == "maze":
+        grid = np.array(list(question)).reshape(size, size)
+        return min("".join(dihedral_transform(grid, t).reshape(-1)).encode() for t in range(8))
+    return question.encode()
+
+
+def _generated_rows(recipe: DatasetRecipe, run: Callable) -> dict[str, list[CsvRow]]:
+    """Puzzles from the built-in generator; test puzzles are neither train puzzles nor
+    shuffles/dihedral variants of one (see _class_key).
+
+    Puzzle k of a split comes from rng_for(seed, stream of the split, k); rejected puzzles
+    are replaced by the next indices, so the set is a pure function of the recipe.
     """
     gen = recipe.generate
-    fn = G.generate_sudoku_row if recipe.kind == "sudoku" else G.generate_maze_row
-    extra = {"min_clues": gen.min_clues} if recipe.kind == "sudoku" else {"loop_prob": gen.loop_prob}
-    seen: set[str] = set()
+    if recipe.kind == "sudoku":
+        fn, extra = G.generate_sudoku_row, {"min_clues": gen.min_clues, "max_clues": gen.max_clues}
+    else:
+        fn, extra = G.generate_maze_row, {"loop_prob": gen.loop_prob}
+    split_classes = recipe.kind == "sudoku" and gen.size == 4
+    seen: set[bytes] = set()
     out: dict[str, list[CsvRow]] = {}
     for split, wanted in (("train", gen.num_train), ("test", gen.num_test)):
         rows: list[CsvRow] = []
-        start = 0
-        for _ in range(8):
+        start, tried = 0, 0
+        for _ in range(6):
             if len(rows) >= wanted:
                 break
-            count = (wanted - len(rows)) + (wanted - len(rows)) // 10 + 8
+            rate = max(0.05, len(rows) / tried) if tried else (0.2 if split_classes and split == "test" else 0.8)
+            count = int((wanted - len(rows)) / rate * 1.1) + 8
             items = [
                 (fn, dict(index=k, split=split, seed=recipe.seed, size=gen.size, min_difficulty=recipe.min_difficulty, **extra))
                 for k in range(start, start + count)
@@ -141,14 +170,22 @@ def _generated_rows(recipe: DatasetRecipe, run: Callable) -> dict[str, list[CsvR
             for k, (question, answer, rating, error) in zip(range(start, start + count), run(_call, items)):
                 if error:
                     raise DatasetBuildError(f"generate {recipe.kind} {split}[{k}]: {error}")
-                if question not in seen and len(rows) < wanted:
-                    seen.add(question)
+                key = _class_key(recipe.kind, question, gen.size)
+                if split_classes:
+                    reserved = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % TEST_CLASS_SHARE == 0
+                    if reserved != (split == "test"):
+                        continue
+                # Small class spaces: classes are split above, puzzles must only differ; else one per class.
+                unique = question.encode() if split_classes else key
+                if unique not in seen and len(rows) < wanted:
+                    seen.add(unique)
                     rows.append(CsvRow(question, answer, rating, f"generate {split}[{k}]"))
             start += count
+            tried += count
         if len(rows) < wanted:
             raise DatasetBuildError(
                 f"the generator found only {len(rows)} distinct {split} puzzles of {wanted}: "
-                "ask for fewer, a larger size, or fewer clues (generate.min_clues)"
+                "ask for fewer, a larger size, or more clues (generate.min_clues / max_clues)"
             )
         out[split] = rows
     return out

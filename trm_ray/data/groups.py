@@ -103,10 +103,14 @@ def sudoku_group(
     return Group({split: SplitPart([""] * len(boards), [1] * len(boards), inputs, labels)})
 
 
-def generate_sudoku_row(index: int, split: str, seed: int, size: int, min_clues: int, min_difficulty: Optional[int]) -> tuple:
+def generate_sudoku_row(
+    index: int, split: str, seed: int, size: int, min_clues: int, max_clues: Optional[int], min_difficulty: Optional[int]
+) -> tuple:
     stream = STREAM_GENERATE_TRAIN if split == "train" else STREAM_GENERATE_TEST
     try:
-        board, solution, rating = sudoku_lib.generate_sudoku_rated(rng_for(seed, stream, index), size, min_clues, min_difficulty)
+        board, solution, rating = sudoku_lib.generate_sudoku_rated(
+            rng_for(seed, stream, index), size, min_clues, min_difficulty, max_clues
+        )
     except sudoku_lib.SudokuError as error:
         return ("", "", 0, str(error))
     text = lambda b: "".join(str(int(v)) for v in b.reshape(-1)).replace("0", ".")  # noqa: E731

@@ -33,9 +33,14 @@ class GenerateConfig(_Strict):
     """The built-in generator (`source: generate`): no network, every puzzle from the seed."""
 
     num_train: int = Field(1000, ge=1, description="Source puzzles in the train split (before augmentation).")
-    num_test: int = Field(200, ge=0, description="Puzzles in the test split; never equal to a train puzzle.")
+    num_test: int = Field(
+        200, ge=0, description="Puzzles in the test split; never a train puzzle nor (4x4 Sudoku, mazes) a shuffle of one."
+    )
     size: int = Field(9, ge=2, le=30, description="Side: Sudoku 4 or 9 (any square number), maze n for n x n.")
     min_clues: int = Field(0, ge=0, description="Sudoku: stop removing clues at this many (0: minimal puzzles).")
+    max_clues: Optional[int] = Field(
+        None, ge=0, description="Sudoku: if set, each puzzle's clue target is drawn from [min_clues, max_clues]."
+    )
     loop_prob: float = Field(0.05, ge=0, le=1, description="Maze: chance to knock out each extra wall (loops).")
 
 

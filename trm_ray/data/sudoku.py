@@ -119,13 +119,16 @@ def rate(board: np.ndarray) -> int:
 
 
 def generate_sudoku(
-    rng: np.random.Generator, size: int = 9, min_clues: int = 0
+    rng: np.random.Generator, size: int = 9, min_clues: int = 0, max_clues: Optional[int] = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """A random unique-solution puzzle: a random full grid, then clues removed in random order
     while the solution stays unique, until none can go (a minimal puzzle) or `min_clues` remain.
+    With `max_clues` the clue target is drawn per puzzle from [min_clues, max_clues].
 
     Returns (board, solution, rating), boards (size, size) uint8 with 0 for blank.
     """
+    if max_clues is not None:
+        min_clues = int(rng.integers(min_clues, max(min_clues, max_clues) + 1))
     solutions, _ = _search([0] * (size * size), size, 1, rng)
     solution = solutions[0]
     cells = list(solution)
@@ -145,16 +148,48 @@ def generate_sudoku(
 
 
 def generate_sudoku_rated(
-    rng: np.random.Generator, size: int, min_clues: int, min_difficulty: Optional[int], max_tries: int = 2000
+    rng: np.random.Generator,
+    size: int,
+    min_clues: int,
+    min_difficulty: Optional[int],
+    max_clues: Optional[int] = None,
+    max_tries: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """generate_sudoku until the rating reaches `min_difficulty` (same rng, so deterministic)."""
     for _ in range(max_tries):
-        board, solution, rating = generate_sudoku(rng, size, min_clues)
+        board, solution, rating = generate_sudoku(rng, size, min_clues, max_clues)
         if min_difficulty is None or rating >= min_difficulty:
             return board, solution, rating
     raise SudokuError(
         f"no {size}x{size} Sudoku with rating >= {min_difficulty} in {max_tries} tries: lower --min-difficulty"
     )
+
+
+def symmetry_class(board: np.ndarray) -> bytes:
+    """A key shared by exactly the boards one sudoku_shuffle can turn into each other.
+
+    The smallest relabelled board over transposes and band/row/stack/column permutations
+    (digits renamed in order of first appearance). Only for 4x4 (128 placements): in 9x9
+    the group has ~3.4M placements and two random puzzles essentially never share a class.
+    """
+    n = board.shape[0]
+    if n != 4:
+        raise SudokuError(f"symmetry_class is implemented for 4x4 boards only, got {n}x{n}")
+    best = None
+    for grid in (board, board.T):
+        for rows in _PERMS_4:
+            for cols in _PERMS_4:
+                names: dict[int, int] = {0: 0}
+                key = bytes(names.setdefault(int(v), len(names)) for v in grid[rows][:, cols].reshape(-1))
+                if best is None or key < best:
+                    best = key
+    return best
+
+
+# Row (or column) orders of a 4x4 board that keep its 2x2 boxes: swap bands, swap within each.
+_PERMS_4 = [
+    [b * 2 + i0, b * 2 + (1 - i0), (1 - b) * 2 + i1, (1 - b) * 2 + (1 - i1)] for b in (0, 1) for i0 in (0, 1) for i1 in (0, 1)
+]
 
 
 def parse_board(text: str, n: int, blank_ok: bool) -> np.ndarray:
