@@ -1,0 +1,165 @@
+"""Compare the trials of a sweep: a ranked table, every trial's curve, the winner as a recipe.
+
+    summary = summarize_sweep("runs/sweeps/quickstart-sweep")
+    print(format_table(summary))
+    plot_curves(summary, "curves.png")
+    write_best_config(summary, "best.yaml")      # `trm-ray train best.yaml` runs the winner
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from trm_ray.config import ConfigError, TrainConfig, build
+from trm_ray.tune.records import TrialHistory, read_records, read_sweep_info, trial_histories
+
+
+@dataclass
+class TrialRow:
+    history: TrialHistory
+    best: Optional[float]
+    best_epoch: Optional[float]
+
+
+@dataclass
+class SweepSummary:
+    sweep_dir: str
+    info: dict[str, Any]
+    metric: str
+    mode: str
+    varied: list[str]
+    rows: list[TrialRow]  # best first; trials without the metric last
+
+    @property
+    def winner(self) -> Optional[TrialRow]:
+        return self.rows[0] if self.rows and self.rows[0].best is not None else None
+
+
+def summarize_sweep(sweep_dir: str | os.PathLike, metric: Optional[str] = None) -> SweepSummary:
+    """Read a sweep folder's records; rank its trials by `metric` (default: the sweep's)."""
+    try:
+        info = read_sweep_info(sweep_dir)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    metric = metric or info["metric"]
+    mode = info["mode"]
+    histories = trial_histories(read_records(sweep_dir))
+    reported = {k for h in histories.values() for r in h.results for k in r}
+    if histories and any(h.results for h in histories.values()) and metric not in reported:
+        known = sorted(k for k in reported if "/" in k)
+        raise ConfigError(f"metric {metric!r} was not reported by any trial; reported: {', '.join(known)}")
+    rows = []
+    for history in histories.values():
+        best = history.best(metric, mode)
+        rows.append(TrialRow(history, best[0] if best else None, best[1] if best else None))
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(key=lambda r: (r.best is None, sign * r.best if r.best is not None else 0.0,
+                             r.history.index if r.history.index is not None else 1 << 30))
+    varied = list(info.get("varied") or [])
+    return SweepSummary(str(sweep_dir), info, metric, mode, varied, rows)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(summary: SweepSummary) -> str:
+    """One line per trial, best first."""
+    header = ["trial", *summary.varied, f"best {summary.metric}", "at epoch", "epochs run", "stopped early",
+              "status", "wall time"]
+    lines = [header]
+    for row in summary.rows:
+        h = row.history
+        lines.append([
+            h.trial_id,
+            *(_format_value(h.params.get(k)) for k in summary.varied),
+            "-" if row.best is None else f"{row.best:.4f}",
+            "-" if row.best_epoch is None else str(int(row.best_epoch)),
+            str(h.epochs_run),
+            "yes" if h.stopped_early else "no",
+            h.status,
+            _format_duration(h.wall_time_s),
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    epochs = sum(row.history.epochs_run for row in summary.rows)
+    stopped = sum(row.history.stopped_early for row in summary.rows)
+    out.append(f"{len(summary.rows)} trials, {stopped} stopped early, {epochs} trial-epochs "
+               f"({summary.mode} {summary.metric})")
+    return "\n".join(out)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def plot_curves(summary: SweepSummary, path: str | os.PathLike) -> None:
+    """Every trial's metric against epochs; trials ASHA stopped are dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in summary.rows:
+        curve = row.history.curve(summary.metric)
+        if not curve:
+            continue
+        label = row.history.trial_id + "".join(f" {k.split('.')[-1]}={_format_value(row.history.params.get(k))}"
+                                               for k in summary.varied)
+        axes.plot([p[0] for p in curve], [p[1] for p in curve], marker="o", markersize=3,
+                  linestyle="--" if row.history.stopped_early else "-", label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(summary.metric)
+    axes.set_title(f"sweep {summary.info.get('name', '')}: {summary.metric} ({summary.mode}); dashed = stopped early")
+    axes.grid(alpha=0.3)
+    if summary.rows:
+        axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def best_config(summary: SweepSummary) -> TrainConfig:
+    """The winner's full recipe: the sweep's base and overrides with the trial's values."""
+    from trm_ray.tune.spec import set_key
+
+    winner = summary.winner
+    if winner is None:
+        raise ConfigError(f"no trial of {summary.sweep_dir!r} reported {summary.metric!r} yet: no winner to write")
+    data = summary.info["trial_base"]
+    for key, value in winner.history.params.items():
+        data = set_key(data, key, value)
+    # A recipe for a fresh run: not the trial's run name / sweep group.
+    data = set_key(data, "run_name", None)
+    data = set_key(data, "tracking.group", None)
+    return build(TrainConfig, data, f"best trial {winner.history.trial_id}")
+
+
+def write_best_config(summary: SweepSummary, path: str | os.PathLike) -> TrainConfig:
+    config = best_config(summary)
+    winner = summary.winner
+    assert winner is not None
+    params = ", ".join(f"{k}={_format_value(v)}" for k, v in winner.history.params.items())
+    header = (f"# Winner of sweep {summary.info.get('name')} ({summary.sweep_dir}):\n"
+              f"#   trial {winner.history.trial_id}: {params}\n"
+              f"#   best {summary.metric} = {winner.best:.6g} at epoch {int(winner.best_epoch)}"
+              f"{' (stopped early)' if winner.history.stopped_early else ''}\n"
+              f"#   trm-ray train {path}\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return config
+
+
