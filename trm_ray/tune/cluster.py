@@ -1,0 +1,47 @@
+"""Connect the sweep driver to Ray so that Ray's own helper actors find the same cluster.
+
+    started = connect(address=None, num_cpus=2)    # True: we started a local instance
+    ...
+    if started: ray.shutdown()
+
+Why not a bare ray.init(): when Tune stops a trial, Ray Train's PlacementGroupCleaner actor
+asks the State API whether the trial's controller is alive, and the State API finds "its"
+cluster by auto-detection. With two local Ray instances on one host (two users, or a test
+beside a run) that fails with "Found multiple active Ray instances", the stopped trial's
+placement group is never removed and the next trial waits forever for workers. Giving every
+process of our job RAY_API_SERVER_ADDRESS (local instance: a dashboard port we choose) or
+RAY_ADDRESS (a named cluster) makes the lookup unambiguous.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Optional
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+    """ray.init for a sweep: `address` (or RAY_ADDRESS), else a new local instance.
+    Returns True when this call started Ray (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    common = {"logging_level": "WARNING", "log_to_driver": True}
+    if address and address not in ("auto", "local"):
+        env = {} if address.startswith("ray://") else {"RAY_ADDRESS": address}
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
+    elif address == "auto":
+        ray.init(address="auto", **common)
+    else:
+        port = _free_port()
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **common)
+    return True

@@ -1,0 +1,265 @@
+"""The sweep driver: one Ray Train run per trial, inside a Tune function trainable, under ASHA.
+
+    sweep = load_sweep_spec("experiments/sweeps/quickstart.yaml")
+    sweep_dir = run_sweep(sweep, expand_trials(sweep))          # resume=True continues it
+
+Ray 2.60: `Tuner(TorchTrainer)` no longer works, so each trial is a small function trainable
+(a fraction of a CPU: it only waits) that runs the train issue's `fit` on the trial's config,
+its Train run named by the trial id under <sweep>/train/. The Train controller forwards each
+evaluation report to Tune (TuneReportCallback), so ASHA judges on the same metrics single
+runs report; ResumableASHA (scheduler.py) keeps that judgement fair across --resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from trm_ray.config import ConfigError, TrainConfig, build
+from trm_ray.tune.records import TRAIN_DIR, read_sweep_info, write_sweep_info
+from trm_ray.tune.spec import Sweep, set_key, trial_config, varied_keys, with_resources
+
+EPOCH_KEY = "epoch"          # what the loop reports at every evaluation (trm_ray.train.loop.EPOCH_KEY)
+EVAL_ROUND_KEY = "eval_round"  # epoch / eval_interval, added to what Tune sees
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or continue; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inside a trial (a Tune function trainable on some node)
+# --------------------------------------------------------------------------------------------
+def _eval_report_callback(eval_interval: int):
+    """A TuneReportCallback that forwards only the reports made at an evaluation (they carry
+    `epoch` and the eval metrics; the periodic train reports between them do not), adding
+    eval_round. One Tune result = one evaluation, and Tune's strict metric check never sees
+    a report without the metric."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EvalReportCallback(TuneReportCallback):
+        def __init__(self, eval_interval: int):
+            super().__init__()
+            self.eval_interval = eval_interval
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if not metrics or EPOCH_KEY not in metrics[0]:
+                return
+            first = dict(metrics[0])
+            first[EVAL_ROUND_KEY] = first[EPOCH_KEY] / self.eval_interval
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return EvalReportCallback(eval_interval)
+
+
+@contextlib.contextmanager
+def _train_callbacks(extra: list[Any]) -> Iterator[dict[str, Any]]:
+    """Extra Ray Train callbacks for trm_ray.train.trainer.fit.
+
+    Uses fit(callbacks=...) when the trainer offers it; until then wraps the trainer's metrics
+    file callback (its only callback) so one combined callback also runs ours. Safe: a trial
+    runs in its own process."""
+    from trm_ray.train import trainer
+
+    if "callbacks" in inspect.signature(trainer.fit).parameters:
+        yield {"callbacks": extra}
+        return
+    import ray.train
+
+    original = trainer._metrics_file_callback
+
+    class Combined(ray.train.UserCallback):
+        def __init__(self, callbacks: list[Any]):
+            self.callbacks = callbacks
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            for callback in self.callbacks:
+                callback.after_report(run_context, metrics, checkpoint)
+
+        def after_exception(self, run_context, worker_exceptions) -> None:
+            for callback in self.callbacks:
+                callback.after_exception(run_context, worker_exceptions)
+
+    trainer._metrics_file_callback = lambda run_dir: Combined([original(run_dir), *extra])
+    try:
+        yield {}
+    finally:
+        trainer._metrics_file_callback = original
+
+
+def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """One trial: the trial's TrainConfig, trained by the train issue's `fit` (a TorchTrainer)."""
+    from ray import tune
+
+    from trm_ray.train.trainer import CONFIG_FILE, fit, run_dir_of
+
+    trial_id = tune.get_context().get_trial_id()
+    data = context["trial_base"]
+    for key, value in config["trial"]["params"].items():
+        data = set_key(data, key, value)
+    data = set_key(data, "run_name", trial_id)
+    data = set_key(data, "ray.storage_path", os.path.join(context["sweep_dir"], TRAIN_DIR))
+    data = set_key(data, "tracking.group", context["sweep_name"])
+    train_config = build(TrainConfig, data, f"trial {trial_id}")
+    # A trial Tune resumes (driver restarted) continues its Train run from its last checkpoint.
+    resume = Path(run_dir_of(train_config), CONFIG_FILE).exists()
+    callback = _eval_report_callback(train_config.eval_interval or train_config.epochs)
+    with _train_callbacks([callback]) as extra:
+        fit(train_config, resume=resume, **extra)
+    _drain_reports()
+
+
+def _drain_reports(timeout_s: float = 60.0) -> None:
+    """Wait until Tune has taken the Train run's last report.
+
+    TuneReportCallback hands reports over through a one-slot queue that Tune's session reads
+    while this function runs; returning as soon as fit() does can lose the final evaluation
+    (seen with Ray 2.60), which is the one that matters most."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    queue = session._get_or_create_inter_actor_queue() if session is not None else None
+    if queue is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the item taken is handed to Tune's result queue by the session's thread
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+def sweep_info(sweep: Sweep, trials: list[dict[str, Any]], trial_base: dict[str, Any]) -> dict[str, Any]:
+    spec = sweep.spec
+    return {
+        "name": sweep.name,
+        "source": str(sweep.source),
+        "spec": spec.model_dump(mode="json"),
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "time_attr": spec.asha.time_attr,
+        "trial_base": trial_base,
+        "trials": [{"index": i, "params": p} for i, p in enumerate(trials)],
+        "varied": varied_keys(trials),
+    }
+
+
+def check_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every trial through the trainer's own pre-launch checks (datasets exist, batch fits,
+    evaluators known); returns the base recipe with absolute paths, as trials get it."""
+    from trm_ray.data.layout import DatasetError
+    from trm_ray.train.loop import has_test_split
+    from trm_ray.train.trainer import check_inputs
+
+    checked: set[str] = set()
+    try:
+        for params in trials:
+            config = check_inputs(trial_config(sweep, params).model_copy(update={"run_name": "check"}))
+            key = repr((config.data_paths, config.data_paths_test, config.global_batch_size, config.ray.num_workers))
+            if key in checked:
+                continue
+            checked.add(key)
+            if sweep.spec.metric.startswith("eval/") and not has_test_split(config.data_paths_test or config.data_paths):
+                raise ConfigError(f"metric {sweep.spec.metric!r} needs a test split, and "
+                                  f"{config.data_paths_test or config.data_paths} has none; use a train/ metric")
+    except DatasetError as error:
+        raise ConfigError(str(error)) from None
+    base = check_inputs(build(TrainConfig, with_resources(sweep.base_data, sweep.spec.resources), "base")
+                        .model_copy(update={"run_name": "check"}))
+    data = base.model_dump(mode="json")
+    data["run_name"] = None
+    return data
+
+
+def max_t_of(sweep: Sweep, base: TrainConfig) -> int:
+    asha = sweep.spec.asha
+    if asha.max_t is not None:
+        return asha.max_t
+    return base.epochs if asha.time_attr == "epoch" else base.epochs // (base.eval_interval or base.epochs)
+
+
+def concurrent_trials(sweep: Sweep, base: TrainConfig) -> int:
+    """As many trials as the cluster's CPUs and GPUs hold (trainable + workers each)."""
+    import ray
+
+    if sweep.spec.max_concurrent_trials is not None:
+        return sweep.spec.max_concurrent_trials
+    resources = ray.cluster_resources()
+    per_worker = dict(base.ray.resources_per_worker)
+    cpu = sweep.spec.resources.trial_cpu + base.ray.num_workers * per_worker.get("CPU", 1.0)
+    fits = int(resources.get("CPU", 1) // cpu)
+    gpu = base.ray.num_workers * per_worker.get("GPU", 1.0 if base.ray.use_gpu else 0.0)
+    if gpu:
+        fits = min(fits, int(resources.get("GPU", 0) // gpu))
+    if fits < 1:
+        need = f"{cpu:g} CPUs" + (f" and {gpu:g} GPUs" if gpu else "")
+        have = f"{resources.get('CPU', 0):g} CPUs" + (f" and {resources.get('GPU', 0):g} GPUs" if gpu else "")
+        raise SweepError(f"one trial needs {need} but the cluster has {have}; "
+                         f"lower resources.workers / cpus_per_worker")
+    return fits
+
+
+def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = False, address: Optional[str] = None,
+              log: Callable[[str], None] = print) -> str:
+    """Run (or with resume=True continue) the sweep; returns its folder."""
+    import ray
+    from ray import tune
+
+    from trm_ray.tune.cluster import connect
+    from trm_ray.tune.scheduler import ResumableASHA
+
+    spec = sweep.spec
+    sweep_dir = sweep.directory()
+    trial_base = check_trials(sweep, trials)
+    info = sweep_info(sweep, trials, trial_base)
+    started_before = Path(sweep_dir, "sweep.json").exists()
+    if resume:
+        if not started_before or not tune.Tuner.can_restore(sweep_dir):
+            raise SweepError(f"--resume: no sweep to continue in {sweep_dir}; run it without --resume")
+        if read_sweep_info(sweep_dir)["trials"] != info["trials"]:
+            raise SweepError(f"{sweep.source} changed since the sweep in {sweep_dir} started (other trials): "
+                             f"resume with the file it started with, or set a new name:")
+    elif started_before:
+        raise SweepError(f"sweep folder {sweep_dir} already exists: continue it with --resume, "
+                         f"or give the sweep another name:")
+    write_sweep_info(sweep_dir, info)
+
+    base = build(TrainConfig, trial_base, "base")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = connect(address or base.ray.address)
+    try:
+        scheduler = ResumableASHA(
+            sweep_dir, time_attr=EPOCH_KEY if spec.asha.time_attr == "epoch" else EVAL_ROUND_KEY,
+            metric=spec.metric, mode=spec.mode, max_t=max_t_of(sweep, base),
+            grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
+            early_stopping=spec.asha.enabled)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, context={"trial_base": trial_base, "sweep_dir": sweep_dir,
+                                                     "sweep_name": sweep.name}),
+            {"cpu": spec.resources.trial_cpu})
+        if resume:
+            log(f"trm-ray: resuming sweep {sweep.name} in {sweep_dir}")
+            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            concurrency = concurrent_trials(sweep, base)
+            log(f"trm-ray: sweep {sweep.name}: {len(trials)} trials, up to {concurrency} at once -> {sweep_dir}")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(trials)])},
+                tune_config=tune.TuneConfig(scheduler=scheduler,  # metric/mode: the scheduler's
+                                           
+                                            num_samples=1, max_concurrent_trials=concurrency),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=str(Path(sweep_dir).parent),
+                                          verbose=1, failure_config=tune.FailureConfig(max_failures=0)),
+            )
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return sweep_dir
+
