@@ -304,7 +304,9 @@ def build_dataset(
         with _ray_session(num_cpus) if use_ray else _nullcontext():
             if generate:
                 # Generating is a parallel step of its own; its rows are small and come back here.
-                tasks, seq_len, vocab, extra = _csv_tasks(recipe, functools.partial(_listed, run))
+                # Its own batch size: one generated puzzle costs ~1-100 ms whatever num_aug is.
+                run_generate = functools.partial(ordered_map, batch_size=batch_size or 16, use_ray=use_ray, num_blocks=num_blocks)
+                tasks, seq_len, vocab, extra = _csv_tasks(recipe, functools.partial(_listed, run_generate))
             writer.set_shape(seq_len=seq_len, vocab_size=vocab)
             for group in run(_call, tasks):
                 writer.add(group)
