@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from trm_ray.config import ConfigError, TrainConfig, build
-from trm_ray.tune.records import TRAIN_DIR, read_sweep_info, write_sweep_info
+from trm_ray.tune.records import TRAIN_DIR, read_records, read_sweep_info, trial_histories, write_sweep_info
+from trm_ray.tune.scheduler import REPLAYED_KEY
 from trm_ray.tune.spec import Sweep, set_key, trial_config, varied_keys, with_resources
 
 EPOCH_KEY = "epoch"          # what the loop reports at every evaluation (trm_ray.train.loop.EPOCH_KEY)
@@ -98,6 +99,12 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from trm_ray.train.trainer import CONFIG_FILE, fit, run_dir_of
 
     trial_id = tune.get_context().get_trial_id()
+    finished = context.get("finished", {}).get(trial_id)
+    if finished is not None:
+        # Finished before the driver died, but Tune's experiment state had not caught up:
+        # hand Tune the last result again instead of training (or resuming a stopped trial).
+        tune.report({**finished, REPLAYED_KEY: 1, "time_this_iter_s": 0.0})
+        return
     data = context["trial_base"]
     for key, value in config["trial"]["params"].items():
         data = set_key(data, key, value)
@@ -111,6 +118,25 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     with _train_callbacks([callback]) as extra:
         fit(train_config, resume=resume, **extra)
     _drain_reports()
+    _report_if_silent(run_dir_of(train_config), train_config.eval_interval or train_config.epochs)
+
+
+def _report_if_silent(run_dir: str, eval_interval: int) -> None:
+    """A resumed Train run that had already finished reports nothing (the driver died after
+    its last report reached Train but before Tune recorded it): give Tune that last
+    evaluation from the run's metrics file, so the trial ends with its real result."""
+    from ray import tune
+    from ray.train._internal.session import get_session
+
+    from trm_ray.train.trainer import read_metrics
+
+    session = get_session()
+    if session is None or session.iteration > 0:
+        return
+    evaluations = [r for r in read_metrics(run_dir) if EPOCH_KEY in r] if "://" not in run_dir else []
+    if evaluations:
+        last = {k: v for k, v in evaluations[-1].items() if k != "checkpoint"}
+        tune.report({**last, EVAL_ROUND_KEY: last[EPOCH_KEY] / eval_interval})
 
 
 def _drain_reports(timeout_s: float = 60.0) -> None:
@@ -204,6 +230,17 @@ def concurrent_trials(sweep: Sweep, base: TrainConfig) -> int:
     return fits
 
 
+def finished_results(sweep_dir: str) -> dict[str, dict[str, Any]]:
+    """Trials the records say are done (complete or stopped by ASHA) -> their last result."""
+    finished = {}
+    for trial_id, history in trial_histories(read_records(sweep_dir)).items():
+        if history.status in ("complete", "stopped") and history.results:
+            last = history.results[-1]
+            finished[trial_id] = {k: v for k, v in last.items()
+                                  if k not in ("event", "trial_id", "decision", "time") and v is not None}
+    return finished
+
+
 def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = False, address: Optional[str] = None,
               log: Callable[[str], None] = print) -> str:
     """Run (or with resume=True continue) the sweep; returns its folder."""
@@ -238,12 +275,16 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
             metric=spec.metric, mode=spec.mode, max_t=max_t_of(sweep, base),
             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
             early_stopping=spec.asha.enabled)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, context={"trial_base": trial_base, "sweep_dir": sweep_dir,
-                                                     "sweep_name": sweep.name}),
-            {"cpu": spec.resources.trial_cpu})
+        context = {"trial_base": trial_base, "sweep_dir": sweep_dir, "sweep_name": sweep.name}
+        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
+                                        {"cpu": spec.resources.trial_cpu})
         if resume:
-            log(f"trm-ray: resuming sweep {sweep.name} in {sweep_dir}")
+            finished = finished_results(sweep_dir)
+            log(f"trm-ray: resuming sweep {sweep.name} in {sweep_dir} ({len(finished)} of {len(trials)} trials "
+                f"finished)")
+            trainable = tune.with_resources(
+                tune.with_parameters(run_trial, context={**context, "finished": finished}),
+                {"cpu": spec.resources.trial_cpu})
             tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             concurrency = concurrent_trials(sweep, base)

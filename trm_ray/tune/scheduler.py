@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
 # Result keys recorded besides the metrics (Tune adds many more).
+# Set on the result a restarted, already finished trial reports instead of training again.
+REPLAYED_KEY = "trm_ray_replayed"
 KEPT_KEYS = ("epoch", "eval_round", "step", "time_this_iter_s", "timestamp", "training_iteration")
 
 
@@ -83,6 +85,10 @@ class ResumableASHA(AsyncHyperBandScheduler):
                 bracket.on_result(trial, time, score)
 
     def on_trial_result(self, tune_controller: "TuneController", trial: Trial, result: dict) -> str:
+        if result.get(REPLAYED_KEY):
+            # A trial the records say had finished, which Tune restarted because its experiment
+            # state was older than the records (driver killed in between): already judged.
+            return TrialScheduler.STOP
         time, score = self._time(result), self._score(result)
         action = TrialScheduler.CONTINUE
         if time is not None and time >= self._max_t and self._stop_last_trials:
