@@ -42,9 +42,13 @@ def sweep(sweep_file: str, resume: bool, address: Optional[str], dry_run: bool) 
         from trm_ray.tune.driver import SweepError, run_sweep
 
         try:
-            run_sweep(spec, trials, resume=resume, address=address, log=click.echo)
+            sweep_dir = run_sweep(spec, trials, resume=resume, address=address, log=click.echo)
         except SweepError as error:
             raise click.ClickException(_one_line(str(error))) from None
+        from trm_ray.tune.compare import format_table, summarize_sweep
+
+        click.echo(format_table(summarize_sweep(sweep_dir)))
+        click.echo(f"trm-ray compare {sweep_dir} --plot curves.png --best-config best.yaml")
     except ConfigError as error:
         raise click.ClickException(_one_line(str(error))) from None
 

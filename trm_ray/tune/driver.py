@@ -298,7 +298,11 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(Path(sweep_dir).parent),
                                           verbose=1, failure_config=tune.FailureConfig(max_failures=0)),
             )
-        tuner.fit()
+        results = tuner.fit()
+        if results.errors:
+            failed = [r.path.rstrip("/").rsplit("/", 1)[-1] for r in results if r.error is not None]
+            raise SweepError(f"{len(failed)} trial(s) failed ({', '.join(failed[:5])}); their errors are above and "
+                             f"in {sweep_dir}/<trial>/error.txt. `trm-ray sweep {sweep.source} --resume` retries them")
     finally:
         if started:
             ray.shutdown()
