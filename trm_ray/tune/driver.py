@@ -252,6 +252,10 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
 
     spec = sweep.spec
     sweep_dir = sweep.directory()
+    if "://" in sweep_dir:
+        # the driver appends the records ASHA is rebuilt from: a file system path (NFS on a cluster)
+        raise SweepError(f"storage_path {sweep.storage_root()!r}: sweeps need a file system path (local or shared), "
+                         f"not a URI; trials' Train runs go under it too")
     trial_base = check_trials(sweep, trials)
     info = sweep_info(sweep, trials, trial_base)
     started_before = Path(sweep_dir, "sweep.json").exists()
