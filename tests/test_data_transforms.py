@@ -38,6 +38,14 @@ def _random_pairs(rng, num=3):
     return pairs
 
 
+def test_dihedral_transforms_are_the_references_numpy_ops():
+    grid = np.arange(12).reshape(3, 4)
+    expected = [grid, np.rot90(grid, 1), np.rot90(grid, 2), np.rot90(grid, 3), np.fliplr(grid), np.flipud(grid), grid.T,
+                np.fliplr(np.rot90(grid, 1))]
+    for t, want in enumerate(expected):
+        assert np.array_equal(dihedral_transform(grid, t), want), t
+
+
 def test_dihedral_inverse_table_undoes_every_transform():
     grid = np.arange(12).reshape(3, 4)
     for t in range(8):
