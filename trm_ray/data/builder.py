@@ -152,7 +152,7 @@ def _generated_rows(recipe: DatasetRecipe, run: Callable) -> dict[str, list[CsvR
         fn, extra = G.generate_sudoku_row, {"min_clues": gen.min_clues, "max_clues": gen.max_clues}
     else:
         fn, extra = G.generate_maze_row, {"loop_prob": gen.loop_prob}
-    split_classes = recipe.kind == "sudoku" and gen.size == 4
+    split_classes = recipe.kind == "sudoku" and recipe.generate_size == 4
     seen: set[bytes] = set()
     out: dict[str, list[CsvRow]] = {}
     for split, wanted in (("train", gen.num_train), ("test", gen.num_test)):
@@ -164,13 +164,13 @@ def _generated_rows(recipe: DatasetRecipe, run: Callable) -> dict[str, list[CsvR
             rate = max(0.05, len(rows) / tried) if tried else (0.2 if split_classes and split == "test" else 0.8)
             count = int((wanted - len(rows)) / rate * 1.1) + 8
             items = [
-                (fn, dict(index=k, split=split, seed=recipe.seed, size=gen.size, min_difficulty=recipe.min_difficulty, **extra))
+                (fn, dict(index=k, split=split, seed=recipe.seed, size=recipe.generate_size, min_difficulty=recipe.min_difficulty, **extra))
                 for k in range(start, start + count)
             ]
             for k, (question, answer, rating, error) in zip(range(start, start + count), run(_call, items)):
                 if error:
                     raise DatasetBuildError(f"generate {recipe.kind} {split}[{k}]: {error}")
-                key = _class_key(recipe.kind, question, gen.size)
+                key = _class_key(recipe.kind, question, recipe.generate_size)
                 if split_classes:
                     reserved = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % TEST_CLASS_SHARE == 0
                     if reserved != (split == "test"):

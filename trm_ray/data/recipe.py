@@ -36,7 +36,9 @@ class GenerateConfig(_Strict):
     num_test: int = Field(
         200, ge=0, description="Puzzles in the test split; never a train puzzle nor (4x4 Sudoku, mazes) a shuffle of one."
     )
-    size: int = Field(9, ge=2, le=30, description="Side: Sudoku 4 or 9 (any square number), maze n for n x n.")
+    size: Optional[int] = Field(
+        None, ge=2, le=30, description="Side: Sudoku 4 or 9 (default 9), maze n for n x n (default 30)."
+    )
     min_clues: int = Field(0, ge=0, description="Sudoku: stop removing clues at this many (0: minimal puzzles).")
     max_clues: Optional[int] = Field(
         None, ge=0, description="Sudoku: if set, each puzzle's clue target is drawn from [min_clues, max_clues]."
@@ -104,6 +106,12 @@ class DatasetRecipe(_Strict):
         if self.kind != "maze" and self.aug:
             raise ValueError(f"aug applies to maze only; {self.kind} uses num_aug")
         return self
+
+    @property
+    def generate_size(self) -> int:
+        if self.generate.size is not None:
+            return self.generate.size
+        return 9 if self.kind == "sudoku" else 30
 
     @property
     def resolved_source(self) -> str:
