@@ -365,6 +365,7 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
         progress.message(f"trm-ray: resumed at step {resumed_step} (iteration {train_loader.iteration})")
 
     averager = Averager()
+    last_train: dict[str, float] = {}
     every = report_every_steps
     last: dict[str, float] = {}
     done = False
@@ -398,12 +399,15 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
                 if every is None and steps_this_call == 5:  # after warm-up: measure, then agree
                     every = agree_on_report_every((time.perf_counter() - started) / 5, report_every_s)
                 if every is not None and state.step % every == 0:
-                    last = {**averager.pop(), **throughput(), STEP_KEY: state.step}
+                    last_train = averager.pop()
+                    last = {**last_train, **throughput(), STEP_KEY: state.step}
                     session.report(last, None)
 
             # ---- evaluate and checkpoint ------------------------------------------------------
             epoch = (iteration + 1) * eval_interval
-            report = {**averager.pop(), **throughput(), STEP_KEY: state.step, EPOCH_KEY: epoch}
+            # train metrics since the last report (or that report's again, when it was at this step)
+            last_train = averager.pop() or last_train
+            report = {**last_train, **throughput(), STEP_KEY: state.step, EPOCH_KEY: epoch}
             evaluated = test_loader is not None and iteration >= config.min_eval_interval
             if evaluated:
                 from trm_ray.eval import evaluate

@@ -49,6 +49,9 @@ FORWARDED_ENV = ("TRM_RAY_CACHE", FAULT_ENV, "WANDB_MODE", "WANDB_DIR", "WANDB_A
 # Each ray.train.report waits for one controller poll (2 s by default): 0.5 s keeps periodic
 # train reports cheap without loading the controller. A value the user sets wins.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
+# Train metrics are reported about once a minute (each report is a barrier); this sets a
+# fixed number of steps instead (e.g. 1 in tests, to see every step in metrics.jsonl).
+REPORT_EVERY_STEPS_ENV = "TRM_RAY_REPORT_EVERY_STEPS"
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +259,8 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
         (local_run_dir / CONFIG_FILE).write_text(to_yaml(config))
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
+    if report_every_steps is None and os.environ.get(REPORT_EVERY_STEPS_ENV):
+        report_every_steps = int(os.environ[REPORT_EVERY_STEPS_ENV])
     started = ensure_ray(address or config.ray.address)
     try:
         resources = dict(config.ray.resources_per_worker) or None
