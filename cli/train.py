@@ -13,12 +13,16 @@ from typing import Optional
 
 import click
 
-EPILOG = """Examples:
+EPILOG = """\b
+Run folder: <ray.storage_path>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint_<step>/
+(model.pt + all_config.yaml in the reference format, train_state.pt) and wandb/.
+TRM_RAY_REPORT_EVERY_STEPS=N reports train metrics every N steps (default: about once a minute).
 
-  trm-ray data build datasets/sudoku-4x4-quickstart.yaml && trm-ray train experiments/quickstart.yaml
-
+\b
+Examples:
+  trm-ray data build datasets/sudoku-4x4-quickstart.yaml
+  trm-ray train experiments/quickstart.yaml
   trm-ray train experiments/sudoku-mlp.yaml arch.L_cycles=6 lr=1e-4 ray.num_workers=8 ray.use_gpu=true --address auto
-
   trm-ray train --resume runs/quickstart-20260101-120000
 """
 
