@@ -4,7 +4,7 @@
     python benchmarks/train_overhead.py --hidden 64 --batch 128 --mlp-t --steps-per-window 15 --windows 3
     python benchmarks/train_overhead.py --hidden 256 --steps-per-window 30 --windows 5
 
-Runs one config four ways, all with 1 torch thread per worker:
+Runs one config three ways, all with 1 torch thread per worker:
   (a) the plain loop in this process (trm_ray.train.loop.train, no Ray)
   (b) the same loop under a TorchTrainer with 1 worker
   (c) a TorchTrainer with 2 workers (gloo), same global batch
