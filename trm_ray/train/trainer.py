@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from trm_ray.config import ConfigError, TrainConfig, to_yaml
 from trm_ray.data.layout import load_metadata
@@ -235,11 +235,14 @@ def ensure_ray(address: Optional[str]) -> bool:
 
 
 def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = False,
-        report_every_s: float = 60.0, report_every_steps: Optional[int] = None) -> TrainRunResult:
+        report_every_s: float = 60.0, report_every_steps: Optional[int] = None,
+        callbacks: Sequence[Any] = ()) -> TrainRunResult:
     """Train `config` with a TorchTrainer (config should come through check_inputs).
 
     resume=False refuses an existing run folder (Ray would silently continue it);
-    resume=True continues it from its latest checkpoint: the same RunConfig(name, storage_path)."""
+    resume=True continues it from its latest checkpoint: the same RunConfig(name, storage_path).
+    callbacks: more ray.train.UserCallbacks (e.g. a sweep's TuneReportCallback), run after the
+    one that writes metrics.jsonl."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -286,7 +289,7 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
                 storage_path=config.ray.storage_path,
                 checkpoint_config=checkpoint_config,
                 failure_config=ray.train.FailureConfig(max_failures=config.ray.max_failures),
-                callbacks=[_metrics_file_callback(run_dir)],
+                callbacks=[_metrics_file_callback(run_dir), *callbacks],
                 worker_runtime_env={"env_vars": env} if env else None,
                 # Ray Train logs every report's whole metrics dict at INFO; progress is ours.
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
