@@ -142,22 +142,16 @@ def has_test_split(paths: list[str]) -> bool:
 
 
 def build_evaluators(config: TrainConfig) -> list[Any]:
-    """config.evaluators ([{name: arc, ...}]) -> evaluator objects for evaluate()."""
-    evaluators = []
-    for spec in config.evaluators:
-        spec = dict(spec)
-        name = str(spec.pop("name", "")).split("@")[0].lower()  # reference: `arc@ARC`
-        if name == "arc":
-            try:
-                from trm_ray.eval import ARCEvaluator  # the eval issue's; absent in older versions
-            except ImportError:
-                raise ConfigError("evaluators: 'arc' is not available in this trm-ray version; "
-                                  "remove it from `evaluators`") from None
-            data_path = (config.data_paths_test or config.data_paths)[0]
-            evaluators.append(ARCEvaluator(data_path, **spec))
-        else:
-            raise ConfigError(f"evaluators: unknown evaluator {name!r}; known: arc")
-    return evaluators
+    """config.evaluators ([{name: arc, ...}]) -> evaluator objects for evaluate(), as the eval
+    issue defines them; a bad entry is a config error."""
+    from trm_ray.eval import build_evaluators as from_specs
+
+    try:
+        return from_specs(config.evaluators, config.data_paths_test or config.data_paths)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:  # unknown name, or an option ARCEvaluator lacks
+        raise ConfigError(str(error).splitlines()[0]) from None
 
 
 def initial_weights(state: TrainState, config: TrainConfig) -> None:
@@ -387,7 +381,6 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
             for item in train_loader:
                 metrics = train_step(state, item.batch)
                 if metrics is None:  # the schedule's total steps are done
-                    state.step -= 1
                     done = True
                     break
                 maybe_fault(state.step, rank)

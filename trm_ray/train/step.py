@@ -112,7 +112,8 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter]) -> None:
 
 def reduce_metrics(metrics: dict[str, torch.Tensor], global_batch_size: int) -> dict[str, float]:
     """Sums over all workers, normalised as the reference reports them: losses by the global
-    batch size, everything else by the number of rows that halted this step."""
+    batch size, the per-row metrics by the number of rows that halted this step. `count`
+    itself stays that number (the reference divides it by itself, always reporting 1)."""
     keys = sorted(metrics)
     values = torch.stack([metrics[k].to(torch.float64) for k in keys])
     _, world = distributed_world()
@@ -120,15 +121,16 @@ def reduce_metrics(metrics: dict[str, torch.Tensor], global_batch_size: int) -> 
         dist.all_reduce(values)
     sums = dict(zip(keys, values.tolist()))
     count = max(sums["count"], 1.0)
-    return {METRIC_PREFIX + k: v / (global_batch_size if k.endswith("loss") else count) for k, v in sums.items()}
+    divisors = {k: global_batch_size if k.endswith("loss") else (1.0 if k == "count" else count) for k in sums}
+    return {METRIC_PREFIX + k: v / divisors[k] for k, v in sums.items()}
 
 
 def train_step(state: TrainState, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
     """One ACT step with backward and both optimizers; returns reduced metrics, or None once
     the schedule's total steps are done."""
-    state.step += 1
-    if state.step > state.total_steps:
+    if state.step >= state.total_steps:
         return None
+    state.step += 1
     device = next(state.module.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if state.carry is None:
