@@ -32,7 +32,7 @@ def main() -> None:
 
     import ray
 
-    from trm_ray.tune.cluster import connect
+    from trm_ray.cluster import connect
     from trm_ray.tune.compare import summarize_sweep
     from trm_ray.tune.driver import run_sweep
     from trm_ray.tune.spec import Sweep, expand_trials, load_sweep_spec, set_key

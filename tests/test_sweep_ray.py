@@ -41,7 +41,7 @@ def dataset(tmp_path_factory):
 def ray_instance():
     import ray
 
-    from trm_ray.tune.cluster import connect
+    from trm_ray.cluster import connect
 
     connect(num_cpus=2)
     yield

@@ -226,12 +226,11 @@ def summarize(run_dir: str) -> TrainRunResult:
 def ensure_ray(address: Optional[str]) -> bool:
     """Connect to `address` (or RAY_ADDRESS), else start a local Ray. True when we started it
     (the caller shuts it down)."""
-    import ray
+    from trm_ray.cluster import connect
 
-    if ray.is_initialized():
-        return False
-    ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-    return True
+    # Not a bare ray.init(): see trm_ray.cluster (stopped runs must free their placement
+    # groups even with another local Ray instance on the host).
+    return connect(address)
 
 
 def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = False,

@@ -247,7 +247,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
     import ray
     from ray import tune
 
-    from trm_ray.tune.cluster import connect
+    from trm_ray.cluster import connect
     from trm_ray.tune.scheduler import ResumableASHA
 
     spec = sweep.spec

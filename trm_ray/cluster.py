@@ -1,4 +1,4 @@
-"""Connect the sweep driver to Ray so that Ray's own helper actors find the same cluster.
+"""Connect to Ray so that Ray's own helper actors find the same cluster (trainer, sweep, quickstart).
 
     started = connect(address=None, num_cpus=2)    # True: we started a local instance
     ...
