@@ -218,6 +218,7 @@ def _distributed_worker(rank, world_size, dataset, init_file, result_dir):
         arc = ARCEvaluator(dataset, pass_Ks=(1, 2))
         metrics = evaluate(model, loader, [arc])
         (Path(result_dir) / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "submission": arc.submission()}))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT)
     finally:
         dist.destroy_process_group()
 

@@ -274,6 +274,7 @@ def _sign_sgd_worker(rank: int, world_size: int, init_file: str, out_dir: str) -
         emb.look_up(torch.tensor(IDS[rows], dtype=torch.int32), torch.tensor(GRADS[rows]))
         opt.step()
         torch.save(emb.weights, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT)
     finally:
         dist.destroy_process_group()
 

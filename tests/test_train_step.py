@@ -4,8 +4,7 @@ the step applies the schedule, both optimizers and the EMA as TRM_SPEC 5-6 say."
 from __future__ import annotations
 
 import math
-import os
-import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -49,8 +48,10 @@ def final_state(state) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.module.state_dict().items()}
 
 
-def _worker(rank: int, world: int, port: int, out_path: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int, init_file: str, out_path: str) -> None:
+    # file:// rendezvous: a probed free TCP port can be taken again before rank 0 binds it
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     try:
         state = create_train_state(tiny_config(), SHAPE, total_steps=100)
@@ -59,19 +60,14 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
             train_step(state, {k: v[rank * local:(rank + 1) * local] for k, v in batch.items()})
         if rank == 0:
             torch.save(final_state(state), out_path)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT)
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_workers_equal_one_process_on_the_concatenated_batch(tmp_path):
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
     distributed = torch.load(out, weights_only=True)
 
     state = create_train_state(tiny_config(), SHAPE, total_steps=100)
