@@ -45,3 +45,13 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                  runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **common)
     return True
+
+
+def quiet_ray_data_console(level: int) -> None:
+    """Raise the console threshold of Ray Data's logger (its per-dataset progress lines on a
+    non-interactive terminal) where a command prints its own summary; Ray's log files keep all."""
+    import logging
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)

@@ -102,6 +102,7 @@ class DatasetWriter:
     """
 
     def __init__(self, output: str, *, use_identifiers: bool, overwrite: bool = False):
+        output = os.fspath(output)  # a Path or a str; URIs stay strings
         self.output = output
         self.seq_len: Optional[int] = None
         self.vocab_size: Optional[int] = None

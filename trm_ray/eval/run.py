@@ -210,14 +210,6 @@ def _ray_session():
     return session()
 
 
-def _quiet_ray_data_console(level: int) -> None:
-    import logging
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(level)
-
-
 def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.DatasetMetadata,
                      chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
                      on_batch: Callable, num_workers: int, use_gpu: bool,
@@ -239,6 +231,8 @@ def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, in
             on_batch: Callable, num_workers: int, use_gpu: bool, cpus_per_worker: Optional[int]) -> None:
     import logging
 
+    from trm_ray.cluster import quiet_ray_data_console
+
     import ray
 
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -255,7 +249,7 @@ def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, in
         fn_constructor_kwargs={"model_ref": model_ref, "dataset_dir": dataset_dir,
                                "use_gpu": use_gpu, "num_threads": cpus_per_actor},
     )
-    _quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
+    quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
     for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         sets = rows.pop("set")
         for set_name in dict.fromkeys(sets):
