@@ -214,16 +214,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key = key.lstrip("+").strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = parse_value(value)
+        data = set_key(data, key, parse_value(value), source=f"override {item!r}")
+    return data
+
+
+def set_key(data: dict[str, Any], dotted: str, value: Any, source: str = "") -> dict[str, Any]:
+    """A copy of nested dicts `data` with `a.b.c` set to `value` (missing sections are created)."""
+    data = _deepcopy(data)
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source + ': ' if source else ''}{dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
     return data
 
 

@@ -41,6 +41,7 @@ from trm_ray.config import (
     apply_overrides,
     build,
     read_yaml,
+    set_key,
 )
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -218,30 +219,6 @@ def check_config_key(dotted: str, where: str) -> None:
             raise ConfigError(f"{where}: unknown config key {dotted!r} ({hint})")
         annotation = fields[part].annotation
         model = annotation if isinstance(annotation, type) else None
-
-
-def set_key(data: dict[str, Any], dotted: str, value: Any, source: str = "") -> dict[str, Any]:
-    """A copy of `data` with `a.b.c` set to `value` (typed, unlike apply_overrides' strings)."""
-    data = _copy(data)
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: {dotted!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-    return data
-
-
-def _copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_copy(v) for v in data]
-    return data
 
 
 def with_resources(data: dict[str, Any], resources: ResourcesConfig) -> dict[str, Any]:
