@@ -183,7 +183,9 @@ class JobClient:
             return request()
         except AuthenticationError as error:
             text = str(error)
-            if "Missing authentication token" in text or "Authentication required" in text:
+            # Without a token of ours, whatever was sent came from Ray's own process-wide cache
+            # (left by an earlier local ray.init() in this process), not from the user's settings.
+            if self.token is None or "Missing authentication token" in text or "Authentication required" in text:
                 raise JobError(f"the Ray cluster at {self.address} requires a token and none was found: {_NO_TOKEN_HELP}") from None
             raise JobError(
                 f"the Ray cluster at {self.address} rejected the token from {self.token_source}: "
