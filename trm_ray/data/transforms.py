@@ -143,23 +143,30 @@ def random_arc_offset(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator
     return r, c
 
 
-def arc_decode_grid(tokens: np.ndarray) -> np.ndarray:
-    """Largest top-left rectangle of colour tokens (2..11) of a (900,) sequence, minus 2.
+def crop_arc_grids(tokens: np.ndarray) -> list[np.ndarray]:
+    """Each (900,) token row -> its largest-area all-colour top-left rectangle, colours 0..9
+    (TRM_SPEC 9; the reference's `_crop`). The inverse of arc_encode_example at offset (0, 0),
+    and the crop the ARC evaluator applies to predictions.
 
-    The inverse of arc_encode_example at offset (0, 0); the ARC evaluator crops predictions this way.
-    """
-    canvas = np.asarray(tokens).reshape(ARC_MAX_GRID_SIZE, ARC_MAX_GRID_SIZE)
+    Row r of the rectangle can be at most as wide as the colour run starting each row above
+    it; of those (rows, width) candidates the first with the largest area wins. Vectorised
+    over the batch."""
+    canvas = np.asarray(tokens).reshape(-1, ARC_MAX_GRID_SIZE, ARC_MAX_GRID_SIZE)
     is_colour = (canvas >= 2) & (canvas <= 11)
-    num_cols = ARC_MAX_GRID_SIZE
-    num_rows = 0
-    for row in is_colour:
-        width = int(np.argmin(row)) if not row.all() else ARC_MAX_GRID_SIZE
-        width = min(width, num_cols)
-        if width == 0:
-            break
-        num_cols = width
-        num_rows += 1
-    return (canvas[:num_rows, :num_cols] - 2).astype(np.uint8)
+    run = np.where(is_colour.all(-1), ARC_MAX_GRID_SIZE, np.argmin(is_colour, axis=-1))  # (B, 30)
+    width = np.minimum.accumulate(run, axis=1)
+    area = width * np.arange(1, ARC_MAX_GRID_SIZE + 1)
+    best = np.argmax(area, axis=1)  # first maximum, as the reference's strict '>'
+    grids = []
+    for b, r in enumerate(best):
+        rows, cols = (int(r) + 1, int(width[b, r])) if area[b, r] > 0 else (0, 0)
+        grids.append((canvas[b, :rows, :cols] - 2).astype(np.uint8))
+    return grids
+
+
+def arc_decode_grid(tokens: np.ndarray) -> np.ndarray:
+    """One (900,) token sequence -> its grid (crop_arc_grids of one row)."""
+    return crop_arc_grids(np.asarray(tokens)[None])[0]
 
 
 def arc_variants(

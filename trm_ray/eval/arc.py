@@ -35,34 +35,15 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from trm_ray.data import layout
-from trm_ray.data.transforms import ARC_MAX_GRID_SIZE, grid_hash, invert_arc_variant
+from trm_ray.data.transforms import arc_decode_grid, crop_arc_grids, grid_hash, invert_arc_variant
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
 METRIC_PREFIX = "ARC"
 PLACEHOLDER_GRID = [[0]]
 
 
-def crop_arc_grids(tokens: np.ndarray) -> list[np.ndarray]:
-    """Each (900,) token row -> its largest-area all-colour top-left rectangle, colours 0..9.
-
-    Row r of the rectangle can be at most as wide as the colour run starting each row above
-    it; of those (rows, width) candidates the first with the largest area wins (the
-    reference's `_crop`). Vectorised over the batch."""
-    canvas = np.asarray(tokens).reshape(-1, ARC_MAX_GRID_SIZE, ARC_MAX_GRID_SIZE)
-    is_colour = (canvas >= 2) & (canvas <= 11)
-    run = np.where(is_colour.all(-1), ARC_MAX_GRID_SIZE, np.argmin(is_colour, axis=-1))  # (B, 30)
-    width = np.minimum.accumulate(run, axis=1)
-    area = width * np.arange(1, ARC_MAX_GRID_SIZE + 1)
-    best = np.argmax(area, axis=1)  # first maximum, as the reference's strict '>'
-    grids = []
-    for b, r in enumerate(best):
-        rows, cols = (int(r) + 1, int(width[b, r])) if area[b, r] > 0 else (0, 0)
-        grids.append((canvas[b, :rows, :cols] - 2).astype(np.uint8))
-    return grids
-
-
-def crop_arc_grid(tokens: np.ndarray) -> np.ndarray:
-    return crop_arc_grids(np.asarray(tokens)[None])[0]
+# The crop lives with the ARC encoding it inverts; exported here under the evaluator's names.
+crop_arc_grid = arc_decode_grid
 
 
 def _sigmoid64(x: np.ndarray) -> np.ndarray:
