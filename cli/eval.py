@@ -14,6 +14,8 @@ from typing import Optional
 
 import click
 
+from trm_ray.cli import one_line
+
 from trm_ray.config import ConfigError
 
 SAVABLE = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits")
@@ -64,7 +66,7 @@ def eval_command(checkpoint: str, dataset: str, ema: bool, one_batch: bool, outd
     ARC pass@K and submission.json on ARC datasets. Files are written only when the whole
     evaluation succeeded."""
     from trm_ray.checkpoint import CheckpointError
-    from trm_ray.data.layout import DatasetError
+    from trm_ray.data.layout import DatasetError, is_uri
     from trm_ray.eval.run import evaluate_checkpoint, format_metrics, is_arc_dataset, write_outputs
 
     names = [s for s in save_outputs.replace(",", " ").split() if s]
@@ -72,9 +74,9 @@ def eval_command(checkpoint: str, dataset: str, ema: bool, one_batch: bool, outd
     try:
         if Path(outdir).exists() and not overwrite:
             raise FileExistsError(f"output folder {outdir!r} exists: pass --overwrite or another --outdir")
-        if not Path(dataset).exists() and "://" not in dataset:
+        if not Path(dataset).exists() and not is_uri(dataset):
             raise DatasetError(f"dataset {dataset!r} does not exist: build it with `trm-ray data build ...`")
-        if png_path and "://" not in dataset and not is_arc_dataset(dataset):
+        if png_path and not is_uri(dataset) and not is_arc_dataset(dataset):
             raise ValueError("--png renders ARC datasets only (this one has no test_puzzles.json)")
         run = evaluate_checkpoint(checkpoint, dataset, ema=ema, batch_size=batch_size, one_batch=one_batch,
                                   save_outputs=names, num_workers=num_workers, use_gpu=use_gpu)
@@ -84,12 +86,8 @@ def eval_command(checkpoint: str, dataset: str, ema: bool, one_batch: bool, outd
                                 extra={"checkpoint": str(checkpoint), "dataset": str(dataset), "ema": ema,
                                        "one_batch": one_batch, "num_workers": num_workers})
     except (CheckpointError, DatasetError, ConfigError, ValueError, FileExistsError, OSError) as error:
-        raise click.ClickException(_one_line(str(error))) from None
+        raise click.ClickException(one_line(str(error))) from None
     click.echo(f"wrote {written}" + (f" and {png_path}" if png_path else ""))
 
 
 eval = eval_command  # the name cli/main.py registers
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())

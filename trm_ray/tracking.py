@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
+from trm_ray.data.layout import is_uri
+
 if TYPE_CHECKING:
     from trm_ray.config import TrainConfig
 
@@ -108,7 +110,7 @@ def create_tracker(config: "TrainConfig", *, run_dir: str | None = None,
     mode = resolve_mode(config)
     if mode == "disabled":
         return NullTracker()
-    directory = os.environ.get("WANDB_DIR") or (run_dir if run_dir and "://" not in run_dir else None)
+    directory = os.environ.get("WANDB_DIR") or (run_dir if run_dir and not is_uri(run_dir) else None)
     return WandbTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
                         config=config.model_dump(mode="json"), mode=mode, directory=directory,
                         num_parameters=num_parameters)

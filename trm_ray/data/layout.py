@@ -43,6 +43,11 @@ IGNORE_LABEL_ID = -100
 _BUILD_HINT = "build it with `trm-ray data build ...` (see `trm-ray data build --help`)"
 
 
+def is_uri(path: Union[str, os.PathLike]) -> bool:
+    """A pyarrow filesystem URI (s3://, gs://, file://, ...) rather than a local path."""
+    return "://" in str(path)
+
+
 class DatasetError(ValueError):
     """A dataset folder that is missing, incomplete or inconsistent; the message says what to do."""
 

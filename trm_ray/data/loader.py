@@ -60,6 +60,7 @@ from trm_ray.data.layout import (
     DatasetMetadata,
     SetArrays,
     dataset_fingerprint,
+    is_uri,
     load_metadata,
     load_set_arrays,
     merge_metadata,
@@ -76,10 +77,6 @@ STATE_VERSION = 1
 # --------------------------------------------------------------------------------------------
 # Remote datasets: staged once per node
 # --------------------------------------------------------------------------------------------
-def is_uri(path: PathLike) -> bool:
-    return "://" in str(path)
-
-
 def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
     """Where staged datasets live: `cache_dir`, else $TRM_RAY_CACHE/datasets, else
     ~/.cache/trm-ray/datasets."""

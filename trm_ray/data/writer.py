@@ -88,10 +88,6 @@ class _SplitWriter:
             appender.close()
 
 
-def _is_uri(output: str) -> bool:
-    return "://" in output
-
-
 class DatasetWriter:
     """Use as a context manager: on an exception nothing is left behind.
 
@@ -111,7 +107,7 @@ class DatasetWriter:
         self._identifiers: dict[str, int] = {layout.BLANK_IDENTIFIER: 0}
         self._splits: dict[str, _SplitWriter] = {}
         suffix = f".tmp-{uuid.uuid4().hex[:8]}"
-        if _is_uri(output):
+        if layout.is_uri(output):
             from pyarrow import fs as pafs
 
             try:

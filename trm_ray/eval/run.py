@@ -296,7 +296,7 @@ def evaluate_checkpoint(
     if use_gpu and not num_workers and not torch.cuda.is_available():
         raise ValueError("use_gpu: no CUDA device in this process")
     # Absolute: Ray workers (on other nodes too) resolve it themselves.
-    dataset_dir = str(dataset) if "://" in str(dataset) else os.path.abspath(dataset)
+    dataset_dir = str(dataset) if layout.is_uri(dataset) else os.path.abspath(dataset)
     local = resolve_data_path(dataset_dir)
     meta = layout.load_metadata(local, "test")
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_eval_model(checkpoint, ema, config)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from trm_ray.config import ConfigError, TrainConfig, build
+from trm_ray.data.layout import is_uri
 from trm_ray.tune.records import TRAIN_DIR, read_records, read_sweep_info, trial_histories, write_sweep_info
 from trm_ray.tune.scheduler import REPLAYED_KEY
 from trm_ray.tune.spec import Sweep, set_key, trial_config, varied_keys, with_resources
@@ -133,7 +134,7 @@ def _report_if_silent(run_dir: str, eval_interval: int) -> None:
     session = get_session()
     if session is None or session.iteration > 0:
         return
-    evaluations = [r for r in read_metrics(run_dir) if EPOCH_KEY in r] if "://" not in run_dir else []
+    evaluations = [r for r in read_metrics(run_dir) if EPOCH_KEY in r] if not is_uri(run_dir) else []
     if evaluations:
         last = {k: v for k, v in evaluations[-1].items() if k != "checkpoint"}
         tune.report({**last, EVAL_ROUND_KEY: last[EPOCH_KEY] / eval_interval})
@@ -252,7 +253,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
 
     spec = sweep.spec
     sweep_dir = sweep.directory()
-    if "://" in sweep_dir:
+    if is_uri(sweep_dir):
         # the driver appends the records ASHA is rebuilt from: a file system path (NFS on a cluster)
         raise SweepError(f"storage_path {sweep.storage_root()!r}: sweeps need a file system path (local or shared), "
                          f"not a URI; trials' Train runs go under it too")

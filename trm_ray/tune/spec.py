@@ -43,6 +43,7 @@ from trm_ray.config import (
     read_yaml,
     set_key,
 )
+from trm_ray.data.layout import is_uri
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -172,7 +173,7 @@ class Sweep:
 
     def storage_root(self) -> str:
         root = self.spec.storage_path or os.path.join(self.base_config.ray.storage_path, "sweeps")
-        return root if "://" in root else os.path.abspath(root)
+        return root if is_uri(root) else os.path.abspath(root)
 
     def directory(self) -> str:
         return os.path.join(self.storage_root(), self.name)
