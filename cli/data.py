@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import click
 
+from trm_ray.cli import one_line
+
 from trm_ray.config import ConfigError
 
 KINDS = ("arc", "sudoku", "maze")
@@ -112,7 +114,7 @@ def build(target: str, **flags: Any) -> None:
             return
         build_dataset(recipe, recipe.output_dir, log=click.echo, **options)
     except (ConfigError, DatasetBuildError) as error:
-        raise click.ClickException(_one_line(str(error))) from None
+        raise click.ClickException(one_line(str(error))) from None
 
 
 @data.command(epilog="Example:\n\n  trm-ray data inspect data/sudoku-4x4-quickstart --png sudoku.png")
@@ -132,8 +134,4 @@ def inspect(dataset_dir: str, png_path: Optional[str], split: str, num_groups: i
             render_png(dataset_dir, png_path, num_groups=num_groups, num_variants=num_variants, split=split)
             click.echo(f"wrote {png_path}")
     except layout.DatasetError as error:
-        raise click.ClickException(_one_line(str(error))) from None
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+        raise click.ClickException(one_line(str(error))) from None

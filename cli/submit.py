@@ -18,6 +18,8 @@ from typing import Optional
 
 import click
 
+from trm_ray.cli import one_line
+
 ADDRESS_HELP = "Ray dashboard URL (default: RAY_ADDRESS, else http://127.0.0.1:8265)."
 
 
@@ -32,7 +34,7 @@ def _client(address: Optional[str]):
     try:
         return JobClient(address)
     except JobError as error:
-        raise click.ClickException(_one_line(str(error))) from None
+        raise click.ClickException(one_line(str(error))) from None
 
 
 def _run(action):
@@ -41,11 +43,7 @@ def _run(action):
     try:
         return action()
     except JobError as error:
-        raise click.ClickException(_one_line(str(error))) from None
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+        raise click.ClickException(one_line(str(error))) from None
 
 
 def _note(message: str) -> None:
@@ -60,7 +58,7 @@ def _finish(client, job_id: str, follow: bool) -> None:
     status = _run(lambda: client.wait(job_id, on_status=lambda s: _note(f"job {job_id}: {s}")))
     if status != "SUCCEEDED":
         message = _run(lambda: client.info(job_id)).message or ""
-        raise click.ClickException(_one_line(f"job {job_id} {status}: {message} (logs: trm-ray jobs logs {job_id})"))
+        raise click.ClickException(one_line(f"job {job_id} {status}: {message} (logs: trm-ray jobs logs {job_id})"))
 
 
 def _stream(iterator):
@@ -73,7 +71,7 @@ def _stream(iterator):
         except StopIteration:
             return
         except JobError as error:
-            raise click.ClickException(_one_line(str(error))) from None
+            raise click.ClickException(one_line(str(error))) from None
 
 
 @click.command(
@@ -146,7 +144,7 @@ def list_jobs(address) -> None:
 def status(job_id, address) -> None:
     """Print the job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and message."""
     info = _run(lambda: _client(address).info(job_id))
-    click.echo(f"{info.status.value}" + (f": {_one_line(info.message)}" if info.message else ""))
+    click.echo(f"{info.status.value}" + (f": {one_line(info.message)}" if info.message else ""))
 
 
 @jobs.command(epilog="Example:\n\n  trm-ray jobs logs raysubmit_abc123 --follow")

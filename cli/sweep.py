@@ -11,6 +11,8 @@ from typing import Optional
 
 import click
 
+from trm_ray.cli import one_line
+
 from trm_ray.config import ConfigError
 
 
@@ -44,13 +46,13 @@ def sweep(sweep_file: str, resume: bool, address: Optional[str], dry_run: bool) 
         try:
             sweep_dir = run_sweep(spec, trials, resume=resume, address=address, log=click.echo)
         except SweepError as error:
-            raise click.ClickException(_one_line(str(error))) from None
+            raise click.ClickException(one_line(str(error))) from None
         from trm_ray.tune.compare import format_table, summarize_sweep
 
         click.echo(format_table(summarize_sweep(sweep_dir)))
         click.echo(f"trm-ray compare {sweep_dir} --plot curves.png --best-config best.yaml")
     except ConfigError as error:
-        raise click.ClickException(_one_line(str(error))) from None
+        raise click.ClickException(one_line(str(error))) from None
 
 
 @click.command(epilog="Examples:\n\n\b\n"
@@ -77,12 +79,8 @@ def compare(sweep_dir: str, metric: Optional[str], plot_path: Optional[str], bes
             write_best_config(summary, best_config_path)
             click.echo(f"wrote {best_config_path} (trial {summary.winner.history.trial_id})")
     except ConfigError as error:
-        raise click.ClickException(_one_line(str(error))) from None
+        raise click.ClickException(one_line(str(error))) from None
 
 
 def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
