@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 
 def _free_port() -> int:
@@ -55,3 +56,19 @@ def quiet_ray_data_console(level: int) -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(level)
+
+
+@contextmanager
+def ray_session(**init_kwargs: Any) -> Iterator[None]:
+    """ray.init(**init_kwargs) for the block unless Ray is already up (a running instance, or
+    the cluster RAY_ADDRESS names, is used as it is); shut down only what this call started."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(**init_kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -18,11 +18,12 @@ import os
 import pickle
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
+from trm_ray.cluster import ray_session
 from trm_ray.data import groups as G
 from trm_ray.data import sudoku as sudoku_lib
 from trm_ray.data.recipe import DatasetRecipe, load_recipe
@@ -50,20 +51,6 @@ def _apply_batch(batch: "pa.Table", fn: Callable[[Any], Any]) -> "pa.Table":
 
     results = [fn(pickle.loads(item.as_buffer())) for item in batch.column("item").combine_chunks()]
     return pa.table({"out": pa.array([pickle.dumps(results, protocol=5)], type=pa.large_binary())})
-
-
-@contextmanager
-def _ray_session(num_cpus: Optional[int]) -> Iterator[None]:
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def ordered_map(
@@ -301,7 +288,8 @@ def build_dataset(
             seq_len, vocab = ARC_SEQ_LEN, ARC_VOCAB_SIZE
         elif not generate:
             tasks, seq_len, vocab, extra = _csv_tasks(recipe, None)
-        with _ray_session(num_cpus) if use_ray else _nullcontext():
+        with ray_session(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False) if use_ray \
+                else nullcontext():
             if generate:
                 # Generating is a parallel step of its own; its rows are small and come back here.
                 # Its own batch size: one generated puzzle costs ~1-100 ms whatever num_aug is.
@@ -330,11 +318,6 @@ def build_dataset(
 
 def _listed(run: Callable, fn: Callable, items: list) -> Iterable:
     return list(run(fn, items))
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 __all__ = ["build_dataset", "ordered_map", "default_batch_size", "DatasetBuildError"]

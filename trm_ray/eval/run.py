@@ -190,33 +190,15 @@ def read_rows(arrays: layout.SetArrays, meta: layout.DatasetMetadata, start: int
             "puzzle_identifiers": np.asarray(arrays.puzzle_identifiers[puzzle]).astype(np.int32)}
 
 
-def _ray_session():
-    import contextlib
-
-    import ray
-
-    @contextlib.contextmanager
-    def session():
-        started = not ray.is_initialized()
-        if started:
-            # RAY_ADDRESS / a running cluster is used when set; else a local instance.
-            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        try:
-            yield
-        finally:
-            if started:
-                ray.shutdown()
-
-    return session()
-
-
 def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.DatasetMetadata,
                      chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
                      on_batch: Callable, num_workers: int, use_gpu: bool,
                      cpus_per_worker: Optional[int] = None) -> None:
     import ray
 
-    with _ray_session():
+    from trm_ray.cluster import ray_session
+
+    with ray_session(include_dashboard=False, logging_level="ERROR", log_to_driver=False):
         context = ray.data.DataContext.get_current()
         saved = (context.execution_options.preserve_order, context.print_on_execution_start)
         context.execution_options.preserve_order = True  # saved outputs in dataset order
