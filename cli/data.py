@@ -78,12 +78,15 @@ def data() -> None:
 def build(target: str, **flags: Any) -> None:
     """Build a dataset: TARGET is arc, sudoku, maze or a recipe YAML (datasets/*.yaml).
 
-    Flags mirror the reference builders and override the recipe's keys. The output is
-    written to <output>.tmp-<id> and renamed when complete; on error nothing is left.
+    Flags mirror the reference builders and override the recipe's keys. A local output is
+    written to <output>.tmp-<id> and renamed when complete; a URI output (s3://, gs://) is
+    uploaded in place with build.json written last, and readers refuse a folder without it.
+    On error nothing is left; running the build again replaces an unfinished one.
     """
     from trm_ray.data.builder import build_dataset
     from trm_ray.data.recipe import load_recipe
     from trm_ray.data.sources import DatasetBuildError
+    from trm_ray.storage import StorageError
 
     options = {
         "use_ray": not flags.pop("no_ray"),
@@ -113,7 +116,7 @@ def build(target: str, **flags: Any) -> None:
             click.echo(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).rstrip())
             return
         build_dataset(recipe, recipe.output_dir, log=click.echo, **options)
-    except (ConfigError, DatasetBuildError) as error:
+    except (ConfigError, DatasetBuildError, StorageError) as error:
         raise click.ClickException(one_line(str(error))) from None
 
 

@@ -10,3 +10,30 @@ os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-protocol server (tests/s3_server.py) for the module, with one bucket `trm`.
+
+    Its endpoint and credentials are exported the way users configure S3 (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, ...), before any Ray the module starts, so pyarrow, Ray and Ray's workers
+    all find it; restored and the server stopped (by its own pid) after the module."""
+    from s3_server import S3Server
+
+    server = S3Server.start()
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    try:
+        server.create_bucket("trm")
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

@@ -15,11 +15,23 @@ import numpy as np
 from trm_ray.data import layout
 
 
-def summarize(dataset_dir: str) -> dict[str, Any]:
-    """Per split: metadata, group/puzzle/example counts, bytes on disk; plus build.json's recipe."""
-    if not os.path.isdir(dataset_dir):
+def _local(dataset_dir: str) -> str:
+    """A local folder for `dataset_dir` (a URI is staged; a finished build is required)."""
+    from trm_ray.data.loader import resolve_data_path
+
+    if not layout.is_uri(dataset_dir) and not os.path.isdir(dataset_dir):
         raise layout.DatasetError(f"dataset folder {dataset_dir!r} does not exist: build it with `trm-ray data build`")
-    out: dict[str, Any] = {"path": dataset_dir, "splits": {}}
+    local = str(resolve_data_path(dataset_dir))
+    layout.check_complete(local)
+    return local
+
+
+def summarize(dataset_dir: str) -> dict[str, Any]:
+    """Per split: metadata, group/puzzle/example counts, bytes on disk; plus build.json's recipe.
+    A URI is staged to this machine's dataset cache first, as training does."""
+    shown = dataset_dir
+    dataset_dir = _local(dataset_dir)
+    out: dict[str, Any] = {"path": shown, "splits": {}}
     for split in layout.SPLITS:
         if not layout.metadata_path(dataset_dir, split).is_file():
             continue
@@ -38,7 +50,7 @@ def summarize(dataset_dir: str) -> dict[str, Any]:
         out["splits"][split] = entry
     if not out["splits"]:
         raise layout.DatasetError(f"{dataset_dir!r} has no train/ or test/ split: is it a dataset folder?")
-    build_path = os.path.join(dataset_dir, "build.json")
+    build_path = os.path.join(dataset_dir, layout.BUILD_FILE)
     if os.path.isfile(build_path):
         with open(build_path) as f:
             build = json.load(f)
@@ -80,6 +92,7 @@ def render_png(dataset_dir: str, png_path: str, num_groups: int = 3, num_variant
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
+    dataset_dir = _local(dataset_dir)
     meta = layout.load_metadata(dataset_dir, split)
     arrays = layout.load_set_arrays(dataset_dir, split, meta.sets[0], meta)
     try:

@@ -36,6 +36,12 @@ ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "gro
 METADATA_FILE = "dataset.json"
 IDENTIFIERS_FILE = "identifiers.json"
 TEST_PUZZLES_FILE = "test_puzzles.json"
+# The commit marker: a trm-ray build writes it last, after every other file is in place.
+BUILD_FILE = "build.json"
+# Written first when a build publishes into a folder object by object (object stores have no
+# folder rename) and removed after BUILD_FILE: a folder holding it without BUILD_FILE is a build
+# that did not finish. Reference-built datasets have neither file and load as they are.
+PENDING_FILE = ".trm-ray-building"
 BLANK_IDENTIFIER = "<blank>"
 # What labels equal to `ignore_label_id` become at load time; the loss skips them (TRM_SPEC 5).
 IGNORE_LABEL_ID = -100
@@ -43,9 +49,7 @@ IGNORE_LABEL_ID = -100
 _BUILD_HINT = "build it with `trm-ray data build ...` (see `trm-ray data build --help`)"
 
 
-def is_uri(path: Union[str, os.PathLike]) -> bool:
-    """A pyarrow filesystem URI (s3://, gs://, file://, ...) rather than a local path."""
-    return "://" in str(path)
+from trm_ray.storage import is_uri  # noqa: E402,F401  (re-exported: data modules import it from here)
 
 
 class DatasetError(ValueError):
@@ -132,12 +136,30 @@ def _read_json(path: Path, what: str) -> object:
         raise DatasetError(f"{what} {str(path)!r} is not valid JSON ({error}): rebuild the dataset") from None
 
 
+def unfinished_build(dataset_dir: PathLike, has_build: bool, has_pending: bool) -> Optional[DatasetError]:
+    """The error for a folder whose build did not finish (None when it did, or when it is a
+    dataset from another builder: no marker of either kind)."""
+    if has_pending and not has_build:
+        return DatasetError(f"dataset {str(dataset_dir)!r} is incomplete: its build did not finish (no {BUILD_FILE}); "
+                            f"run the same `trm-ray data build` again, it replaces the folder")
+    return None
+
+
+def check_complete(dataset_dir: PathLike) -> None:
+    """Refuse a local dataset folder whose build did not finish (see PENDING_FILE)."""
+    error = unfinished_build(dataset_dir, (Path(dataset_dir) / BUILD_FILE).is_file(),
+                             (Path(dataset_dir) / PENDING_FILE).exists())
+    if error is not None:
+        raise error
+
+
 def load_metadata(dataset_dir: PathLike, split: str) -> DatasetMetadata:
     """Read and validate `<dataset_dir>/<split>/dataset.json`.
 
     Datasets from HRM-era builders lack `total_puzzles`; it is then counted from the
     puzzle_indices files, so those datasets load unchanged.
     """
+    check_complete(dataset_dir)
     path = metadata_path(dataset_dir, split)
     data = _read_json(path, "dataset metadata")
     if isinstance(data, dict) and "total_puzzles" not in data and isinstance(data.get("sets"), list):

@@ -52,7 +52,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from trm_ray.data.layout import (
+    BUILD_FILE,
     IDENTIFIERS_FILE,
+    PENDING_FILE,
     IGNORE_LABEL_ID,
     METADATA_FILE,
     SPLITS,
@@ -64,6 +66,7 @@ from trm_ray.data.layout import (
     load_metadata,
     load_set_arrays,
     merge_metadata,
+    unfinished_build,
 )
 
 if TYPE_CHECKING:
@@ -87,7 +90,7 @@ def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
 
 
 # Small files whose content identifies a build; a change at the URI triggers a fresh copy.
-_STAMP_FILES = (IDENTIFIERS_FILE, "build.json") + tuple(f"{s}/{METADATA_FILE}" for s in SPLITS)
+_STAMP_FILES = (IDENTIFIERS_FILE, BUILD_FILE) + tuple(f"{s}/{METADATA_FILE}" for s in SPLITS)
 
 
 def _copy_tree(filesystem: Any, source: str, destination: str) -> None:
@@ -122,13 +125,24 @@ def stage_dataset(uri: str, cache_dir: Optional[PathLike] = None) -> Path:
     import pyarrow.fs as pafs
 
     uri = str(uri).rstrip("/")
+    from trm_ray import storage
+
     try:
-        filesystem, remote = pafs.FileSystem.from_uri(uri)
+        filesystem, remote = storage.open_uri(uri)
         info = filesystem.get_file_info(remote)
     except (pa.ArrowException, OSError, ValueError) as error:
-        raise DatasetError(f"cannot open dataset URI {uri!r} ({error}): check the URI and credentials") from None
+        message = str(error) if isinstance(error, storage.StorageError) else storage.explain(error, uri)
+        raise DatasetError(f"dataset {message}") from None
     if info.type != pafs.FileType.Directory:
         raise DatasetError(f"dataset URI {uri!r} is not a folder: build the dataset there with `trm-ray data build ...`")
+    marker_types = {name: filesystem.get_file_info(f"{remote}/{name}").type for name in (BUILD_FILE, PENDING_FILE)}
+    unfinished = unfinished_build(uri, marker_types[BUILD_FILE] == pafs.FileType.File,
+                                  marker_types[PENDING_FILE] != pafs.FileType.NotFound)
+    if unfinished is not None:
+        raise unfinished
+    if not any(filesystem.get_file_info(f"{remote}/{s}/{METADATA_FILE}").type == pafs.FileType.File for s in SPLITS):
+        raise DatasetError(f"dataset URI {uri!r} holds no train/ or test/ dataset.json: "
+                           f"build it with `trm-ray data build ...`")
 
     stamp = hashlib.sha256(uri.encode())
     for name in _STAMP_FILES:
@@ -154,10 +168,6 @@ def stage_dataset(uri: str, cache_dir: Optional[PathLike] = None) -> Path:
         temporary = root / f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             _copy_tree(filesystem, remote, str(temporary))
-            if not any((temporary / s / METADATA_FILE).is_file() for s in SPLITS):
-                raise DatasetError(
-                    f"dataset URI {uri!r} holds no train/ or test/ dataset.json: build it with `trm-ray data build ...`"
-                )
             stale = root / f"{key}.stale-{uuid.uuid4().hex[:8]}"
             if target.exists():
                 # Workers that memory-mapped the old copy keep reading it until they close it.

@@ -2,10 +2,15 @@
 
 Groups arrive in order, one at a time; their rows are appended to the .npy files as they
 come (the header is written first with a placeholder shape and rewritten in place at the
-end), so no process ever holds the whole dataset. Everything goes to a staging folder
-`<output>.tmp-<id>` that is renamed to `<output>` only when complete; a failed build removes
-it. Remote outputs (pyarrow filesystem URIs) are staged locally, uploaded to
-`<uri>.tmp-<id>` and moved into place.
+end), so no process ever holds the whole dataset. Everything is written to a local staging
+folder first; a failed build removes it. Then it is published:
+- local output: the staging folder is `<output>.tmp-<id>` beside it and is renamed to
+  `<output>` when complete (one atomic rename);
+- URI output (s3://, gs://, ...): object stores have no folder rename, so the files are
+  uploaded in place behind a commit protocol: `.trm-ray-building` first (readers refuse the
+  folder from then on), then the old build's files removed, then every file but build.json,
+  then build.json (the commit marker), then `.trm-ray-building` removed. A build interrupted
+  at any point leaves either nothing or a folder readers refuse; running it again replaces it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trm_ray import storage
 from trm_ray.data import layout
 from trm_ray.data.groups import Group
 from trm_ray.data.sources import DatasetBuildError
@@ -107,18 +113,17 @@ class DatasetWriter:
         self._identifiers: dict[str, int] = {layout.BLANK_IDENTIFIER: 0}
         self._splits: dict[str, _SplitWriter] = {}
         suffix = f".tmp-{uuid.uuid4().hex[:8]}"
-        if layout.is_uri(output):
-            from pyarrow import fs as pafs
-
+        self._remote = layout.is_uri(output)
+        self._published_any = False
+        if self._remote:
+            self.output = output.rstrip("/")
             try:
-                self._fs, self._remote_path = pafs.FileSystem.from_uri(output)
-            except Exception as error:
-                raise DatasetBuildError(f"output {output!r} is not a filesystem URI pyarrow can open ({error})") from None
-            self._check_free(self._fs.get_file_info(self._remote_path).type != pafs.FileType.NotFound)
+                self._check_free_remote()
+                storage.check_writable(self.output)  # before any work: bucket, credentials, endpoint
+            except storage.StorageError as error:
+                raise DatasetBuildError(f"output {error}") from None
             self.staging = tempfile.mkdtemp(prefix="trm-ray-build-")
-            self._remote_staging = self._remote_path.rstrip("/") + suffix
         else:
-            self._fs = None
             self._check_free(os.path.exists(output))
             parent = os.path.dirname(os.path.abspath(output))
             os.makedirs(parent, exist_ok=True)
@@ -128,6 +133,15 @@ class DatasetWriter:
     def _check_free(self, exists: bool) -> None:
         if exists and not self.overwrite:
             raise DatasetBuildError(f"output {self.output!r} already exists: pass --overwrite or choose another --output-dir")
+
+    def _check_free_remote(self) -> None:
+        """A folder at the URI blocks the build unless --overwrite, or unless it is one of our
+        own unfinished builds (re-running a failed build is how it gets replaced)."""
+        entries = [e for e in storage.list_dir(self.output) if not e.startswith(storage.PROBE_PREFIX)]
+        if not entries:
+            return
+        unfinished = layout.PENDING_FILE in entries and layout.BUILD_FILE not in entries
+        self._check_free(not unfinished)
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -142,10 +156,15 @@ class DatasetWriter:
                 if not appender._file.closed:
                     appender._file.close()
         shutil.rmtree(self.staging, ignore_errors=True)
-        if self._fs is not None:
+        if self._remote and self._published_any:
+            # Take the partial upload away. If that fails too (the store went away), the
+            # .trm-ray-building marker written first stays, and readers refuse the folder.
             try:
-                self._fs.delete_dir(self._remote_staging)
-            except Exception:
+                for rel in storage.list_files(self.output):
+                    if rel != layout.PENDING_FILE:
+                        storage.delete_file(storage.join(self.output, rel))
+                storage.delete_file(storage.join(self.output, layout.PENDING_FILE))
+            except OSError:
                 pass
 
     def set_shape(self, seq_len: int, vocab_size: int) -> None:
@@ -209,13 +228,13 @@ class DatasetWriter:
         info["num_puzzle_identifiers"] = len(self._identifiers)
         info["files"] = files
         info["content_sha256"] = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in files.items()).encode()).hexdigest()
-        with open(os.path.join(self.staging, "build.json"), "w") as f:
+        with open(os.path.join(self.staging, layout.BUILD_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
         self._publish()
         return info
 
     def _publish(self) -> None:
-        if self._fs is None:
+        if not self._remote:
             if os.path.exists(self.output):  # --overwrite: swap, then drop the old one
                 old = self.staging + ".old"
                 os.replace(self.output, old)
@@ -224,20 +243,26 @@ class DatasetWriter:
             else:
                 os.replace(self.staging, self.output)
             return
-        from pyarrow import fs as pafs
-
-        self._fs.create_dir(self._remote_staging, recursive=True)
-        for root, _, files in os.walk(self.staging):
-            for name in files:
-                rel = os.path.relpath(os.path.join(root, name), self.staging)
-                target = f"{self._remote_staging}/{rel.replace(os.sep, '/')}"
-                self._fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                with open(os.path.join(root, name), "rb") as src, self._fs.open_output_stream(target) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 24)
-        if self._fs.get_file_info(self._remote_path).type != pafs.FileType.NotFound:
-            self._fs.delete_dir(self._remote_path)
-        self._fs.move(self._remote_staging, self._remote_path)
+        try:
+            self._publish_remote()
+        except storage.StorageError as error:
+            raise DatasetBuildError(f"publishing to {error}") from None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _publish_remote(self) -> None:
+        """The commit protocol of the module docstring; each step is one object PUT or DELETE."""
+        pending = storage.join(self.output, layout.PENDING_FILE)
+        self._published_any = True
+        storage.write_text(pending, json.dumps({"building": os.path.basename(self.staging), "pid": os.getpid()}))
+        # An old build stops being complete before any of its files change.
+        storage.delete_file(storage.join(self.output, layout.BUILD_FILE))
+        for rel in storage.list_files(self.output):
+            if rel != layout.PENDING_FILE:
+                storage.delete_file(storage.join(self.output, rel))
+        storage.upload_dir(self.staging, self.output, skip=(layout.BUILD_FILE,))
+        storage.write_bytes(storage.join(self.output, layout.BUILD_FILE),
+                            open(os.path.join(self.staging, layout.BUILD_FILE), "rb").read())
+        storage.delete_file(pending)
 
 
 def content_hashes(directory: str) -> dict[str, str]:
@@ -247,7 +272,7 @@ def content_hashes(directory: str) -> dict[str, str]:
         for name in files:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, directory).replace(os.sep, "/")
-            if rel == "build.json":
+            if rel == layout.BUILD_FILE:
                 continue
             digest = hashlib.sha256()
             with open(path, "rb") as f:
