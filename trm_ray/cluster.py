@@ -11,6 +11,9 @@ beside a run) that fails with "Found multiple active Ray instances", the stopped
 placement group is never removed and the next trial waits forever for workers. Giving every
 process of our job RAY_API_SERVER_ADDRESS (local instance: a dashboard port we choose) or
 RAY_ADDRESS (a named cluster) makes the lookup unambiguous.
+
+Token file: a local ray.init() may write a new token to ~/.ray/auth_token readable by every
+user; both entry points here make it private right after ray.init (trm_ray.auth).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
     Returns True when this call started Ray (the caller shuts it down)."""
     import ray
 
+    from trm_ray import auth
+
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -42,9 +47,12 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
     elif address == "auto":
         ray.init(address="auto", **common)
     else:
+        # A new local instance may write a token: let it land in a folder only we can enter.
+        auth.secure_token_file(create_folder=True)
         port = _free_port()
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                  runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **common)
+    auth.secure_tokens()
     return True
 
 
@@ -64,10 +72,15 @@ def ray_session(**init_kwargs: Any) -> Iterator[None]:
     the cluster RAY_ADDRESS names, is used as it is); shut down only what this call started."""
     import ray
 
+    from trm_ray import auth
+
     if ray.is_initialized():
         yield
         return
+    if not init_kwargs.get("address"):
+        auth.secure_token_file(create_folder=True)
     ray.init(**init_kwargs)
+    auth.secure_tokens()
     try:
         yield
     finally:

@@ -15,7 +15,9 @@ Token authentication: Ray 2.60's JobSubmissionClient only sends a token when the
 process runs in RAY_AUTH_MODE=token, which a laptop shell usually does not set, so a token
 cluster answers "Missing authentication token". JobClient therefore sends
 `Authorization: Bearer <token>` itself, reading the token where Ray does, in Ray's order:
-RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token.
+RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token. Reading a file
+also checks who else can read it (trm_ray.auth): the default file is made private, a file
+RAY_AUTH_TOKEN_PATH names gets a warning.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from trm_ray import __version__
+from trm_ray import __version__, auth
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -77,9 +79,11 @@ def resolve_token() -> tuple[Optional[str], str]:
             raise JobError(f"RAY_AUTH_TOKEN_PATH={token_path} cannot be read ({error.strerror}): point it at the cluster's token file") from None
         if not token:
             raise JobError(f"RAY_AUTH_TOKEN_PATH={token_path} is empty: put the cluster's token in it")
+        auth.check_token_path()
         return token, f"RAY_AUTH_TOKEN_PATH={token_path}"
-    default_path = Path.home() / ".ray" / "auth_token"
+    default_path = auth.default_token_path()
     if default_path.is_file():
+        auth.secure_token_file(default_path)
         token = default_path.read_text().strip()
         if token:
             return token, str(default_path)
