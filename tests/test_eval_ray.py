@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import trm_ray
@@ -31,8 +32,16 @@ def test_ray_data_eval_equals_in_process(tmp_path, ray_session):
     dataset = write_arc_test_split(tmp_path / "arc")
     (tmp_path / "ckpt").mkdir()
     trm_ray.save_checkpoint(tiny_model(ARC_SHAPE, seed=2), tmp_path / "ckpt")
-    local = evaluate_checkpoint(tmp_path / "ckpt", dataset, batch_size=2, num_workers=0,
-                                save_outputs=("puzzle_identifiers", "preds", "q_halt_logits"))
+    # The actors run torch with one thread each (the session's 2 CPUs over 2 workers); the
+    # in-process side must too: how a float32 sum is split between threads changes its last
+    # bits for some thread counts, and the q_halt_logits are compared bit for bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = evaluate_checkpoint(tmp_path / "ckpt", dataset, batch_size=2, num_workers=0,
+                                    save_outputs=("puzzle_identifiers", "preds", "q_halt_logits"))
+    finally:
+        torch.set_num_threads(threads)
     outdir = tmp_path / "out"
     result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--dataset", str(dataset),
                                       "--num-workers", "2", "--batch-size", "2", "--outdir", str(outdir),

@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from trm_ray import storage
 from trm_ray.checkpoint import CheckpointError, load_weights_into, read_state_dict
 from trm_ray.data import layout
 from trm_ray.eval.arc import ARCEvaluator
@@ -76,9 +77,13 @@ def load_eval_model(checkpoint: str | os.PathLike, ema: bool = True, config: Any
     checkpoint folder (model.pt + all_config.yaml). model.pt holds the weights training
     evaluates with: the EMA weights when the run had ema=true. ema=False picks the live
     weights instead, from the folder's train_state.pt ("model" entry); a checkpoint that
-    holds only one set of weights is an error with ema=False."""
-    from trm_ray.checkpoint import load_checkpoint
+    holds only one set of weights is an error with ema=False. A URI (s3://...) is fetched
+    to a temporary folder first (train_state.pt only with ema=False)."""
+    from trm_ray.checkpoint import load_checkpoint, with_local_checkpoint
 
+    if layout.is_uri(checkpoint):
+        return with_local_checkpoint(checkpoint, lambda local: load_eval_model(local, ema, config),
+                                     extra=() if ema else (LIVE_WEIGHTS_FILE,))
     model = load_checkpoint(checkpoint, config=config)
     if not ema:
         folder = Path(checkpoint)
@@ -153,7 +158,7 @@ class _Collector:
 class _Predictor:
     """A Ray Data actor: loads (set, start, stop) rows from the dataset and predicts them."""
 
-    def __init__(self, model_ref: Any, dataset_dir: str, use_gpu: bool, num_threads: int):
+    def __init__(self, model_ref: Any, dataset_dir: str, use_gpu: bool, num_threads: int, batch_size: int):
         import ray
 
         from trm_ray.data.loader import resolve_data_path
@@ -165,10 +170,15 @@ class _Predictor:
         self.meta = layout.load_metadata(local, "test")
         self.arrays = {s: layout.load_set_arrays(local, "test", s, self.meta) for s in self.meta.sets}
         self.token_dtype = np.uint8 if self.meta.vocab_size <= 256 else np.int32
+        self.batch_size = batch_size
 
     def __call__(self, item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         set_name, start, stop = str(item["set"][0]), int(item["start"][0]), int(item["stop"][0])
-        batch = read_rows(self.arrays[set_name], self.meta, start, stop)
+        # Padded to the full batch as PuzzleLoader pads a set's last batch: a forward pass
+        # over fewer rows runs matmuls of another shape, whose float32 sums round
+        # differently, and the real rows' logits would then differ from the in-process
+        # (and in-training) eval in the last bits.
+        batch = read_rows(self.arrays[set_name], self.meta, start, stop, pad_to=self.batch_size)
         batch_np, outputs_np = predict_real_rows(self.model, batch, stop - start)
         rows = {**batch_np, **outputs_np}
         # Compact transport: tokens fit a byte for every paper dataset; labels keep -100.
@@ -179,21 +189,30 @@ class _Predictor:
         return rows
 
 
-def read_rows(arrays: layout.SetArrays, meta: layout.DatasetMetadata, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows [start, stop) of a test set as the loader gives them (labels -> -100, int32)."""
+def read_rows(arrays: layout.SetArrays, meta: layout.DatasetMetadata, start: int, stop: int,
+              pad_to: int = 0) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of a test set as the loader gives them (labels -> -100, int32),
+    then padding rows up to pad_to rows as the loader pads (inputs pad_id, labels -100,
+    identifiers blank)."""
     examples = np.arange(start, stop)
     puzzle = np.searchsorted(arrays.puzzle_indices, examples, side="right") - 1
     labels = np.asarray(arrays.labels[start:stop]).astype(np.int32)
     if meta.ignore_label_id is not None:
         labels[labels == meta.ignore_label_id] = layout.IGNORE_LABEL_ID
-    return {"inputs": np.asarray(arrays.inputs[start:stop]).astype(np.int32), "labels": labels,
+    rows = {"inputs": np.asarray(arrays.inputs[start:stop]).astype(np.int32), "labels": labels,
             "puzzle_identifiers": np.asarray(arrays.puzzle_identifiers[puzzle]).astype(np.int32)}
+    missing = pad_to - (stop - start)
+    if missing > 0:
+        fill = {"inputs": meta.pad_id, "labels": layout.IGNORE_LABEL_ID, "puzzle_identifiers": meta.blank_identifier_id}
+        rows = {k: np.concatenate([v, np.full((missing, *v.shape[1:]), fill[k], dtype=np.int32)])
+                for k, v in rows.items()}
+    return rows
 
 
 def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.DatasetMetadata,
                      chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
                      on_batch: Callable, num_workers: int, use_gpu: bool,
-                     cpus_per_worker: Optional[int] = None) -> None:
+                     cpus_per_worker: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
     import ray
 
     from trm_ray.cluster import ray_session
@@ -204,13 +223,15 @@ def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.Data
         context.execution_options.preserve_order = True  # saved outputs in dataset order
         context.print_on_execution_start = False
         try:
-            _stream(model, dataset_dir, chunks, accumulator, on_batch, num_workers, use_gpu, cpus_per_worker)
+            _stream(model, dataset_dir, chunks, accumulator, on_batch, num_workers, use_gpu, cpus_per_worker,
+                    batch_size)
         finally:  # the caller's (a notebook's) Ray Data settings come back
             context.execution_options.preserve_order, context.print_on_execution_start = saved
 
 
 def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
-            on_batch: Callable, num_workers: int, use_gpu: bool, cpus_per_worker: Optional[int]) -> None:
+            on_batch: Callable, num_workers: int, use_gpu: bool, cpus_per_worker: Optional[int],
+            batch_size: int) -> None:
     import logging
 
     from trm_ray.cluster import quiet_ray_data_console
@@ -229,7 +250,10 @@ def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, in
         num_cpus=cpus_per_actor,
         num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={"model_ref": model_ref, "dataset_dir": dataset_dir,
-                               "use_gpu": use_gpu, "num_threads": cpus_per_actor},
+                               "use_gpu": use_gpu, "num_threads": cpus_per_actor, "batch_size": batch_size},
+        # the actors stage a URI dataset themselves, on nodes whose environment may not say
+        # where the object store is (settings only, never credentials)
+        **({"runtime_env": {"env_vars": endpoint}} if (endpoint := storage.endpoint_env()) else {}),
     )
     quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
     for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -308,7 +332,7 @@ def evaluate_checkpoint(
             accumulator.add_set(s)
         if chunks:
             _evaluate_on_ray(model, dataset_dir, meta, chunks, accumulator, collector, num_workers, use_gpu,
-                             cpus_per_worker)
+                             cpus_per_worker, batch_size)
         metrics = accumulator.result()
     seconds = time.perf_counter() - start_time
 
@@ -352,14 +376,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def write_outputs(run: EvalRun, outdir: str | os.PathLike, overwrite: bool = False,
-                  png: Optional[str | os.PathLike] = None, extra: Optional[dict[str, Any]] = None) -> Path:
+                  png: Optional[str | os.PathLike] = None, extra: Optional[dict[str, Any]] = None) -> Path | str:
     """metrics.json, submission.json (ARC), outputs.npz (`<set>__<name>` arrays) in `outdir`,
     and the PNG at `png`; everything is written to temporary names first and renamed into
-    place at the end, so a failure leaves nothing half-written."""
+    place at the end, so a failure leaves nothing half-written. `outdir` and `png` may be URIs
+    (s3://...): see _write_outputs_remote."""
     import json
     import shutil
     import uuid
 
+    if layout.is_uri(outdir) or (png is not None and layout.is_uri(png)):
+        return _write_outputs_remote(run, str(outdir), overwrite, png, extra)
     outdir = Path(outdir)
     if outdir.exists() and not overwrite:
         raise FileExistsError(f"output folder {str(outdir)!r} exists: pass --overwrite or another --outdir")
@@ -391,6 +418,31 @@ def write_outputs(run: EvalRun, outdir: str | os.PathLike, overwrite: bool = Fal
             png_tmp.unlink(missing_ok=True)
         raise
     return outdir
+
+
+def _write_outputs_remote(run: EvalRun, outdir: str, overwrite: bool, png: Optional[str | os.PathLike],
+                          extra: Optional[dict[str, Any]]) -> Path | str:
+    """write_outputs to a local scratch folder, then up to the store. An object store has no
+    folder rename: the files go up one by one and metrics.json, which says the evaluation
+    finished, goes last."""
+    import tempfile
+
+    from trm_ray import storage
+
+    if layout.is_uri(outdir) and storage.exists(outdir) and not overwrite:
+        raise FileExistsError(f"output folder {outdir!r} exists: pass --overwrite or another --outdir")
+    with tempfile.TemporaryDirectory(prefix="trm-ray-eval-") as scratch:
+        local_out = Path(scratch, "out") if layout.is_uri(outdir) else Path(outdir)
+        local_png = Path(scratch, "png", storage.name_of(png)) if png is not None and layout.is_uri(png) else png
+        write_outputs(run, local_out, overwrite=overwrite, png=local_png, extra=extra)
+        if layout.is_uri(outdir):
+            if overwrite:
+                storage.delete_dir(outdir)  # no file of an earlier evaluation stays beside the new ones
+            storage.upload_dir(local_out, outdir, skip=("metrics.json",))
+            storage.write_bytes(storage.join(outdir, "metrics.json"), (local_out / "metrics.json").read_bytes())
+        if png is not None and layout.is_uri(png):
+            storage.write_bytes(str(png), Path(local_png).read_bytes())
+    return outdir if layout.is_uri(outdir) else Path(outdir)
 
 
 def render_predictions_png(examples: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
