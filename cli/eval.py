@@ -2,6 +2,7 @@
 
     trm-ray eval --checkpoint step_50000 --dataset data/arc1concept-aug-1000 --num-workers 4 --use-gpu
     trm-ray eval --checkpoint runs/x/checkpoint_000010 --dataset data/sudoku-4x4-quickstart --one-batch
+    trm-ray eval --checkpoint s3://bucket/runs/x/checkpoint_000010 --dataset s3://bucket/data/q --outdir s3://bucket/evals/x
 
 Inference runs as Ray Data batch inference over --num-workers actors (see
 trm_ray/eval/run.py for why not Train workers); --num-workers 0 runs in this process.
@@ -49,11 +50,11 @@ class _ListOptionCommand(click.Command):
     "  trm-ray eval --checkpoint runs/x/checkpoint_000010 --dataset data/sudoku-4x4-quickstart --one-batch "
     "--save-outputs inputs preds q_halt_logits",
 )
-@click.option("--checkpoint", required=True, type=click.Path(), help="Reference weights file (all_config.yaml beside it) or trm-ray checkpoint folder.")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Reference weights file (all_config.yaml beside it), trm-ray checkpoint folder, or a run folder (its best checkpoint); a path or a URI (s3://...).")
 @click.option("--dataset", required=True, type=click.Path(), help="Dataset folder (or URI); its test split is evaluated.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="--ema: model.pt (EMA weights when the run had ema=true); --no-ema: the live weights of a trm-ray checkpoint's train_state.pt.")
 @click.option("--one-batch", is_flag=True, help="Only the first batch of each set (smoke test; ARC pass@K counts unreached puzzles as unsolved).")
-@click.option("--outdir", type=click.Path(file_okay=False), help="Where metrics.json, submission.json, outputs.npz go (default: eval-<checkpoint name>).")
+@click.option("--outdir", type=click.Path(file_okay=False), help="Where metrics.json, submission.json, outputs.npz go, a folder or a URI (default: eval-<checkpoint name>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --outdir.")
 @click.option("--save-outputs", default="", help=f"Arrays to save in outputs.npz, space or comma separated: {', '.join(SAVABLE)}.")
 @click.option("--num-workers", type=int, default=1, show_default=True, help="Ray Data inference actors; 0 runs in this process without Ray.")
@@ -65,14 +66,16 @@ def eval_command(checkpoint: str, dataset: str, ema: bool, one_batch: bool, outd
     """Evaluate CHECKPOINT on DATASET: per-set exact accuracy with 95% intervals, token accuracy,
     ARC pass@K and submission.json on ARC datasets. Files are written only when the whole
     evaluation succeeded."""
+    from trm_ray import storage
     from trm_ray.checkpoint import CheckpointError
     from trm_ray.data.layout import DatasetError, is_uri
     from trm_ray.eval.run import evaluate_checkpoint, format_metrics, is_arc_dataset, write_outputs
 
     names = [s for s in save_outputs.replace(",", " ").split() if s]
-    outdir = outdir or f"eval-{Path(checkpoint.rstrip('/')).name}"
     try:
-        if Path(outdir).exists() and not overwrite:
+        checkpoint = _checkpoint_of_run(checkpoint)
+        outdir = outdir or f"eval-{Path(checkpoint.rstrip('/')).name}"
+        if storage.exists(outdir) and not overwrite:
             raise FileExistsError(f"output folder {outdir!r} exists: pass --overwrite or another --outdir")
         if not Path(dataset).exists() and not is_uri(dataset):
             raise DatasetError(f"dataset {dataset!r} does not exist: build it with `trm-ray data build ...`")
@@ -88,6 +91,24 @@ def eval_command(checkpoint: str, dataset: str, ema: bool, one_batch: bool, outd
     except (CheckpointError, DatasetError, ConfigError, ValueError, FileExistsError, OSError) as error:
         raise click.ClickException(one_line(str(error))) from None
     click.echo(f"wrote {written}" + (f" and {png_path}" if png_path else ""))
+
+
+def _checkpoint_of_run(checkpoint: str) -> str:
+    """A run folder (what `trm-ray train` prints as `run folder:`) stands for its best
+    checkpoint, else its last one; anything else is returned as given."""
+    from trm_ray.checkpoint import CheckpointError
+    from trm_ray.train.trainer import run_started, summarize
+
+    if not run_started(checkpoint.rstrip("/")):
+        return checkpoint
+    run = summarize(checkpoint.rstrip("/"))
+    chosen = run.best_checkpoint or run.last_checkpoint
+    if chosen is None:
+        raise CheckpointError(f"run folder {checkpoint!r} has no checkpoint yet: evaluate it after its first "
+                              f"evaluation interval, or pass a checkpoint folder")
+    click.echo(f"trm-ray: run folder {checkpoint}: evaluating its {'best' if run.best_checkpoint else 'last'} "
+               f"checkpoint {chosen}")
+    return chosen
 
 
 eval = eval_command  # the name cli/main.py registers

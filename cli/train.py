@@ -3,6 +3,8 @@
     trm-ray train experiments/quickstart.yaml
     trm-ray train experiments/sudoku-mlp.yaml arch.L_cycles=6 lr=1e-4 ray.num_workers=8 ray.use_gpu=true
     trm-ray train --resume runs/sudoku-mlp-20260101-120000
+    trm-ray train experiments/quickstart.yaml ray.storage_path=s3://bucket/runs   # run folder in object storage
+    trm-ray train --resume s3://bucket/runs/quickstart-20260101-120000
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import click
+
+from trm_ray.cli import one_line
 
 EPILOG = """\b
 Run folder: <ray.storage_path>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint_<step>/
@@ -24,6 +28,7 @@ Examples:
   trm-ray train experiments/quickstart.yaml
   trm-ray train experiments/sudoku-mlp.yaml arch.L_cycles=6 lr=1e-4 ray.num_workers=8 ray.use_gpu=true --address auto
   trm-ray train --resume runs/quickstart-20260101-120000
+  trm-ray train --resume s3://bucket/runs/quickstart-20260101-120000
 """
 
 
@@ -32,6 +37,42 @@ def _split_args(args: tuple[str, ...]) -> tuple[Optional[str], list[str]]:
     if args and "=" not in args[0]:
         return args[0], list(args[1:])
     return None, list(args)
+
+
+def _run_folder(resume_dir: str) -> tuple[str, str, str]:
+    """(run_name, ray.storage_path, config.yaml location) of a run folder, a path or a URI.
+    URIs are split as strings: pathlib would fold 's3://' into 's3:/'."""
+    from trm_ray import storage
+    from trm_ray.config import ConfigError
+
+    if storage.is_uri(resume_dir):
+        run_dir = resume_dir.rstrip("/")
+        scheme, rest = run_dir.split("://", 1)
+        if "/" not in rest:
+            raise ConfigError(f"--resume {resume_dir}: a run folder URI names the run inside the storage path, "
+                              f"e.g. {scheme}://bucket/runs/RUN_NAME")
+        parent, name = run_dir.rsplit("/", 1)
+        return name, parent, storage.join(run_dir, "config.yaml")
+    run_dir = Path(resume_dir).expanduser().resolve()
+    return run_dir.name, str(run_dir.parent), str(run_dir / "config.yaml")
+
+
+def _read_saved_config(location: str) -> dict:
+    """A run's config.yaml (local or at a URI) as a mapping."""
+    import yaml
+
+    from trm_ray import storage
+    from trm_ray.config import ConfigError, read_yaml
+
+    if not storage.is_uri(location):
+        return read_yaml(location)
+    try:
+        data = yaml.safe_load(storage.read_text(location)) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {location!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {location!r} must hold a mapping of keys, not {type(data).__name__}")
+    return data
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -45,7 +86,8 @@ def _metrics_line(metrics: dict) -> str:
 @click.command(context_settings={"ignore_unknown_options": True}, epilog=EPILOG)
 @click.argument("args", nargs=-1, metavar="[RECIPE.yaml] [KEY=VALUE]...")
 @click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
-@click.option("--resume", "resume_dir", type=click.Path(), help="Continue the stopped run in this run folder.")
+@click.option("--resume", "resume_dir", type=click.Path(),
+              help="Continue the stopped run in this run folder (a path or a URI).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[str], dry_run: bool) -> None:
     """Train a TRM recipe on Ray Train (data-parallel, checkpointed, restartable).
@@ -54,6 +96,7 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
     with the reference's names (arch.L_cycles=6 lr=1e-4) and the Ray ones (ray.num_workers=4).
     With --resume, RECIPE is optional: the run's own config.yaml is the base.
     """
+    from trm_ray import storage
     from trm_ray.checkpoint import CheckpointError
     from trm_ray.config import ConfigError, apply_overrides, build, read_yaml, to_yaml, TrainConfig
     from trm_ray.data.layout import DatasetError
@@ -61,15 +104,18 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
     recipe, overrides = _split_args(args)
     try:
         if resume_dir is not None:
-            run_dir = Path(resume_dir).expanduser().resolve()
-            saved = run_dir / "config.yaml"
-            if not saved.is_file():
+            run_name, storage_path, saved = _run_folder(resume_dir)
+            try:
+                found = storage.is_file(saved)
+            except storage.StorageError as error:
+                raise ConfigError(f"--resume {resume_dir}: {error}") from None
+            if not found:
                 raise ConfigError(f"--resume {resume_dir}: no config.yaml there; pass the run folder "
                                   f"(<ray.storage_path>/<run_name>) of a run started by `trm-ray train`")
-            data = read_yaml(recipe) if recipe else read_yaml(saved)
+            data = read_yaml(recipe) if recipe else _read_saved_config(saved)
             data.pop("defaults", None)
             # The run's identity comes from the folder, whatever the recipe says.
-            overrides = overrides + [f"run_name={run_dir.name}", f"ray.storage_path={run_dir.parent}"]
+            overrides = overrides + [f"run_name={run_name}", f"ray.storage_path={storage_path}"]
             source = str(recipe or saved)
         else:
             if recipe is None:
@@ -90,8 +136,8 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
 
         config = check_inputs(config)
         result = fit(config, address=address, resume=resume_dir is not None)
-    except (ConfigError, DatasetError, CheckpointError) as error:
-        raise click.ClickException(str(error)) from None
+    except (ConfigError, DatasetError, CheckpointError, storage.StorageError) as error:
+        raise click.ClickException(one_line(str(error))) from None
     except Exception as error:  # Ray's TrainingFailedError and friends: one line, plus where to look
         if type(error).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
             raise

@@ -7,23 +7,26 @@ config inside that YAML, so either side can load the other's weights:
 
     save_checkpoint(model, "runs/x/step_100", config)   # writes step_100 + all_config.yaml
     model = load_checkpoint("runs/x/step_100")           # or a published reference file
+    model = load_checkpoint("s3://bucket/runs/x/checkpoint_0000040")   # any storage URI
 
 Checkpoints are data, never code: `torch.load(weights_only=True)` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 import yaml
 
+from trm_ray import storage
 from trm_ray.config import ArchConfig, ConfigError, DataShape, TrainConfig, build, read_yaml
 
 COMPILED_PREFIX = "_orig_mod."
@@ -36,6 +39,53 @@ REFERENCE_LOSS_NAME = "losses@ACTLossHead"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints at a URI
+# --------------------------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def local_checkpoint(path: str | os.PathLike, extra: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A local path for the checkpoint at `path` for the duration of the block.
+
+    Local paths are themselves. For a URI only what loading needs is fetched, into a temporary
+    folder: of a trm-ray checkpoint folder its model.pt and all_config.yaml (plus the `extra`
+    files, e.g. train_state.pt), yielded as a folder; of a reference weights file the file and
+    the all_config.yaml beside it. A checkpoint that is not there is a CheckpointError."""
+    if not storage.is_uri(path):
+        yield Path(path)
+        return
+    uri = str(path).rstrip("/")
+    with contextlib.ExitStack() as stack:
+        try:
+            is_folder = storage.is_dir(uri)
+            if not is_folder and not storage.is_file(uri):
+                raise CheckpointError(f"checkpoint {uri!r} does not exist; pass a weights file or a checkpoint folder")
+            if is_folder and not storage.is_file(storage.join(uri, MODEL_FILE)):
+                raise CheckpointError(f"checkpoint folder {uri!r} holds no {MODEL_FILE}; pass a trm-ray checkpoint "
+                                      f"folder (checkpoint_<step>) or a weights file")
+            local = stack.enter_context(storage.local_copy(storage.join(uri, MODEL_FILE) if is_folder else uri,
+                                                           files=(CONFIG_FILE, *extra)))
+        except storage.StorageError as error:
+            raise CheckpointError(f"checkpoint {uri!r}: {error}") from None
+        yield local.parent if is_folder else local
+
+
+def with_local_checkpoint(path: str | os.PathLike, load: Callable[[Path], T], extra: tuple[str, ...] = ()) -> T:
+    """load(local path) for a checkpoint anywhere; errors name `path`, not the temporary copy."""
+    if not storage.is_uri(path):
+        return load(Path(path))
+    uri = str(path).rstrip("/")
+    with local_checkpoint(uri, extra) as local:
+        try:
+            return load(local)
+        except (CheckpointError, ConfigError) as error:
+            # the temporary folder stands for the URI's folder (or, for a file, the one holding it)
+            local_root, remote_root = (local, uri) if local.is_dir() else (local.parent, uri.rsplit("/", 1)[0])
+            raise type(error)(str(error).replace(str(local_root), remote_root)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,7 +102,9 @@ def resolve_weights_file(path: str | os.PathLike) -> Path:
 
 
 def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """The state dict at `path` with any `_orig_mod.` prefix removed."""
+    """The state dict at `path` (a local path or a URI) with any `_orig_mod.` prefix removed."""
+    if storage.is_uri(path):
+        return with_local_checkpoint(path, lambda local: read_state_dict(local, map_location))
     path = resolve_weights_file(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -174,9 +226,12 @@ def load_checkpoint(path: str | os.PathLike, config: Any = None, map_location: A
     """A TRM (with its loss head) in eval mode from a reference or trm-ray checkpoint.
 
     config: None (read all_config.yaml beside the file), a TrainConfig/ArchConfig, a dict or a
-    YAML path. Recursion settings come from it; every width the tensors fix comes from them."""
+    YAML path. Recursion settings come from it; every width the tensors fix comes from them.
+    path may be a URI (s3://...): what loading needs is fetched to a temporary folder."""
     from trm_ray.model import build_model
 
+    if storage.is_uri(path):
+        return with_local_checkpoint(path, lambda local: load_checkpoint(local, config, map_location))
     state = read_state_dict(path, map_location="cpu")
     if config is None:
         config = read_config_beside(path)

@@ -124,6 +124,11 @@ class RayConfig(_Strict):
 class CheckpointConfig(_Strict):
     num_to_keep: Optional[int] = Field(2, ge=1, description="Checkpoints kept besides the best one; None keeps all.")
     every_eval: bool = Field(True, description="Checkpoint at every evaluation (reference: checkpoint_every_eval).")
+    async_upload: bool = Field(
+        True, description="Object storage (s3://, gs://): upload checkpoints in the background while training "
+        "goes on. A worker lost during an upload then resumes from the checkpoint before it; false waits "
+        "for each upload. Local storage paths always copy synchronously."
+    )
 
 
 class TrackingConfig(_Strict):

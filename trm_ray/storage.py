@@ -64,6 +64,10 @@ def is_uri(path: PathLike) -> bool:
 # --------------------------------------------------------------------------------------------
 # Opening a location
 # --------------------------------------------------------------------------------------------
+# Bytes per read/write request when copying files: object stores answer each request with a
+# round trip, so large requests (what Ray's own checkpoint copies use) keep copies fast.
+COPY_CHUNK = 64 << 20
+
 # scheme -> factory(uri) -> (pyarrow filesystem, path inside it). For filesystems pyarrow cannot
 # open from a URI by itself (a wrapped or custom one); registered per process.
 _SCHEMES: dict[str, Callable[[str], tuple[Any, str]]] = {}
@@ -234,8 +238,9 @@ def read_bytes(location: PathLike) -> bytes:
     with _translated(str(location)):
         if filesystem.get_file_info(path).type != pafs.FileType.File:
             raise FileNotFoundError(f"{location} does not exist")
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read()
+        # One ranged GET for the whole object: a stream reads in small pieces, each a request.
+        with filesystem.open_input_file(path) as handle:
+            return handle.read()
 
 
 def read_text(location: PathLike) -> str:
@@ -333,7 +338,7 @@ def upload_dir(local_dir: PathLike, location: PathLike, *, skip: tuple[str, ...]
             if "/" in rel:
                 filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
             pafs.copy_files(str(path), target, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=filesystem)
+                            destination_filesystem=filesystem, chunk_size=COPY_CHUNK)
             written.append(rel)
     return written
 
@@ -347,7 +352,7 @@ def download_dir(location: PathLike, local_dir: PathLike) -> Path:
     local_dir.mkdir(parents=True, exist_ok=True)
     with _translated(str(location)):
         pafs.copy_files(root, str(local_dir), source_filesystem=filesystem,
-                        destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+                        destination_filesystem=pafs.LocalFileSystem(), use_threads=True, chunk_size=COPY_CHUNK)
     return local_dir
 
 

@@ -47,9 +47,18 @@ class WandbTracker:
     """One W&B run per training run; a resumed training run continues the same W&B run."""
 
     def __init__(self, *, project: str, name: str, group: str | None, config: dict[str, Any], mode: str,
-                 directory: str | None, num_parameters: int | None):
+                 directory: str | None, num_parameters: int | None, upload_to: str | None = None):
         import wandb
 
+        # A run folder at a URI: W&B writes to local disk, so its files are written to a
+        # scratch folder here and uploaded to <run folder>/wandb/ by finish(); offline runs
+        # would otherwise stay on whichever node ran rank 0.
+        self.upload_to = upload_to
+        if upload_to is not None and directory is None:
+            import tempfile
+
+            directory = tempfile.mkdtemp(prefix="trm-ray-wandb-")
+        self.directory = directory
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
         # A stable id from the run name: `--resume` and worker restarts append to the same run.
@@ -65,6 +74,17 @@ class WandbTracker:
 
     def finish(self) -> None:
         self.run.finish()
+        if self.upload_to is not None and self.directory is not None:
+            from trm_ray import storage
+
+            local = Path(self.directory) / "wandb"
+            try:
+                if local.is_dir():
+                    storage.upload_dir(local, storage.join(self.upload_to, "wandb"))
+            finally:
+                import shutil
+
+                shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def has_wandb_credentials() -> bool:
@@ -111,6 +131,7 @@ def create_tracker(config: "TrainConfig", *, run_dir: str | None = None,
     if mode == "disabled":
         return NullTracker()
     directory = os.environ.get("WANDB_DIR") or (run_dir if run_dir and not is_uri(run_dir) else None)
+    upload_to = run_dir if run_dir and is_uri(run_dir) and not os.environ.get("WANDB_DIR") else None
     return WandbTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
                         config=config.model_dump(mode="json"), mode=mode, directory=directory,
-                        num_parameters=num_parameters)
+                        num_parameters=num_parameters, upload_to=upload_to)

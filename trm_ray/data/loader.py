@@ -97,8 +97,10 @@ def _copy_tree(filesystem: Any, source: str, destination: str) -> None:
     """Copy a remote folder to a local one (its own function so tests can count copies)."""
     import pyarrow.fs as pafs
 
+    from trm_ray.storage import COPY_CHUNK
+
     pafs.copy_files(source, destination, source_filesystem=filesystem,
-                    destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+                    destination_filesystem=pafs.LocalFileSystem(), use_threads=True, chunk_size=COPY_CHUNK)
 
 
 @contextlib.contextmanager

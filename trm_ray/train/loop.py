@@ -39,9 +39,10 @@ from typing import Any, ContextManager, Iterator, Mapping, Optional, Protocol
 import torch
 import torch.distributed as dist
 
+from trm_ray import storage
 from trm_ray.checkpoint import MODEL_FILE, load_weights_into, read_state_dict, save_checkpoint
 from trm_ray.config import ConfigError, DataShape, TrainConfig
-from trm_ray.data.layout import dataset_fingerprint, metadata_path
+from trm_ray.data.layout import METADATA_FILE, dataset_fingerprint, metadata_path
 from trm_ray.data.loader import PuzzleLoader, is_uri
 from trm_ray.ema import EMA
 from trm_ray.optim import total_train_steps
@@ -137,8 +138,9 @@ def default_device(use_gpu: bool) -> torch.device:
 
 
 def has_test_split(paths: list[str]) -> bool:
-    """Local datasets: look for test/dataset.json; URIs: assume yes (the loader says if not)."""
-    return all(is_uri(p) or metadata_path(p, "test").is_file() for p in paths)
+    """Every dataset has test/dataset.json (local folders and URIs alike: one small request each)."""
+    return all(storage.is_file(storage.join(p, "test", METADATA_FILE)) if is_uri(p)
+               else metadata_path(p, "test").is_file() for p in paths)
 
 
 def build_evaluators(config: TrainConfig) -> list[Any]:

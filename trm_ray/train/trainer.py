@@ -14,6 +14,10 @@ same function that runs in one process. The run folder <ray.storage_path>/<run_n
     checkpoint_manager_snapshot.json, ...   Ray's own bookkeeping (what resuming reads)
 Kept checkpoints: the `checkpoint.num_to_keep` best by eval/exact_accuracy, and the latest
 always (Ray never deletes the latest one), so best and last both survive.
+
+ray.storage_path may be an object-store URI (s3://bucket/runs): the run folder, checkpoints
+and metrics then live only there (trm_ray.storage), and every question about the folder
+(does it exist, which checkpoints are kept) is asked of the store.
 """
 
 from __future__ import annotations
@@ -21,19 +25,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, to_yaml
-from trm_ray.data.layout import load_metadata
+from trm_ray.data.layout import METADATA_FILE, DatasetError, load_metadata
 from trm_ray.data.loader import is_uri
 from trm_ray.train.loop import (
     EVAL_METRIC,
     FAULT_ENV,
     METRICS_FILE,
     STEP_KEY,
-    append_metrics,
     build_evaluators,
     checkpoint_dir_name,
     has_test_split,
@@ -62,8 +67,38 @@ def _absolute(path: str) -> str:
 
 
 def run_dir_of(config: TrainConfig) -> str:
-    storage = config.ray.storage_path
-    return f"{storage.rstrip('/')}/{config.run_name}" if is_uri(storage) else str(Path(storage) / str(config.run_name))
+    location = config.ray.storage_path
+    if is_uri(location):
+        return f"{location.rstrip('/')}/{config.run_name}"
+    return str(Path(location) / str(config.run_name))
+
+
+def run_started(run_dir: str) -> bool:
+    """A run was started in `run_dir` (local or URI): our config.yaml or Ray's snapshot is there."""
+    return any(storage.is_file(storage.join(run_dir, name)) for name in (CONFIG_FILE, RAY_SNAPSHOT_FILE))
+
+
+def _check_remote_dataset(path: str, split: str) -> None:
+    """A dataset URI must hold <split>/dataset.json: one line now instead of a failure in every worker."""
+    marker = storage.join(path, split, METADATA_FILE)
+    try:
+        found = storage.is_file(marker)
+    except storage.StorageError as error:
+        raise DatasetError(f"dataset {path!r}: {error}") from None
+    if not found:
+        raise DatasetError(f"dataset {path!r} has no {split}/{METADATA_FILE}: build it there with "
+                           f"`trm-ray data build RECIPE --output-dir {path}`, or fix the data path")
+
+
+def check_storage(location: str) -> None:
+    """ray.storage_path must be writable (a URI: a probe object is written and removed), so a
+    missing bucket, refused credentials or an unreachable endpoint is one line before Ray starts."""
+    try:
+        storage.check_writable(location)
+    except storage.StorageError as error:
+        # the message names the probe object; the user knows the storage path
+        reason = str(error).split(": ", 1)[-1]
+        raise ConfigError(f"ray.storage_path={location}: {reason}") from None
 
 
 def check_inputs(config: TrainConfig) -> TrainConfig:
@@ -78,15 +113,23 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
     }
     if config.load_checkpoint:
         update["load_checkpoint"] = _absolute(config.load_checkpoint)
-        if not is_uri(config.load_checkpoint) and not Path(update["load_checkpoint"]).exists():
+        try:
+            found = storage.exists(update["load_checkpoint"])
+        except storage.StorageError as error:
+            raise ConfigError(f"load_checkpoint={config.load_checkpoint!r}: {error}") from None
+        if not found:
             raise ConfigError(f"load_checkpoint={config.load_checkpoint!r} does not exist")
     config = config.model_copy(update=update)
     config = TrainConfig.model_validate(config.model_dump())  # re-validate the copy
     for path in config.data_paths:
-        if not is_uri(path):
+        if is_uri(path):
+            _check_remote_dataset(path, "train")
+        else:
             load_metadata(path, "train")  # DatasetError names the folder and how to build it
     for path in config.data_paths_test:
-        if not is_uri(path):
+        if is_uri(path):
+            _check_remote_dataset(path, "test")
+        else:
             load_metadata(path, "test")
     if config.evaluators and has_test_split(config.data_paths_test or config.data_paths):
         build_evaluators(config)  # unknown evaluator names fail here, not in the workers
@@ -94,6 +137,7 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
         from trm_ray.data.loader import PuzzleLoader
 
         PuzzleLoader.from_config(config, "train")  # too few examples for one batch, mismatched sets, ...
+    check_storage(config.ray.storage_path)
     return config
 
 
@@ -103,8 +147,12 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
 class RaySession:
     """The loop's runner under Ray Train: resume from get_checkpoint(), report to Ray."""
 
-    def __init__(self, run_dir: Optional[str]):
+    def __init__(self, run_dir: Optional[str], async_upload: bool = True):
         self.run_dir = run_dir
+        # Only uploads to object storage are slow enough to be worth a background upload; a
+        # local (or mounted) storage path keeps the synchronous copy, whose checkpoint is
+        # registered by the time report() returns, so a failure right after still resumes from it.
+        self.async_upload = async_upload and run_dir is not None and storage.is_uri(run_dir)
 
     @contextlib.contextmanager
     def resume_checkpoint(self) -> Iterator[Optional[Path]]:
@@ -118,11 +166,26 @@ class RaySession:
             yield Path(folder)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Optional[Path]) -> None:
+        """With object storage, checkpoints upload in the background (Ray's ASYNC mode): at
+        ARC size a synchronous upload stalls every rank at the report barrier for seconds
+        (benchmarks/storage.py measures it). Ray deletes the folder once it is stored, while
+        the loop may delete the folder it passed as soon as this returns, so Ray gets it
+        under another name (a rename beside it: same filesystem, no copy). Reports without a
+        checkpoint are ASYNC too: reports reach the controller in call order, and a SYNC one
+        would wait for the pending upload."""
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        checkpoint = None
+        if checkpoint_dir is not None:
+            if self.async_upload:
+                owned = checkpoint_dir.with_name(f"{checkpoint_dir.name}-upload")
+                os.rename(checkpoint_dir, owned)
+                checkpoint_dir = owned
+            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        mode = ray.train.CheckpointUploadMode.ASYNC if self.async_upload else ray.train.CheckpointUploadMode.SYNC
         ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=checkpoint_dir_name(int(metrics[STEP_KEY])))
+                         checkpoint_dir_name=checkpoint_dir_name(int(metrics[STEP_KEY])),
+                         checkpoint_upload_mode=mode)
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:
@@ -139,7 +202,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    train(config, RaySession(loop_config["run_dir"]), device=device,
+    train(config, RaySession(loop_config["run_dir"], config.checkpoint.async_upload), device=device,
           report_every_s=loop_config["report_every_s"], report_every_steps=loop_config["report_every_steps"])
 
 
@@ -155,39 +218,47 @@ def _metrics_file_callback(run_dir: str):
 
         def __init__(self, run_dir: str):
             self.run_dir = run_dir
+            # The controller runs in a Ray worker process of the driver's node, whose environment
+            # is the one Ray started with (a cluster started before the user exported
+            # AWS_ENDPOINT_URL lacks it): carry where the store is, never a credential.
+            self.endpoint_env = storage.endpoint_env()
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
+            for key, value in self.endpoint_env.items():
+                os.environ.setdefault(key, value)
             record = dict(metrics[0]) if metrics else {}
             if checkpoint is not None:
-                record["checkpoint"] = Path(checkpoint.path).name
-            if is_uri(self.run_dir):
-                _append_remote(f"{self.run_dir}/{METRICS_FILE}", record)
-            else:
-                Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-                append_metrics(Path(self.run_dir) / METRICS_FILE, record)
+                record["checkpoint"] = storage.name_of(checkpoint.path)
+            storage.append_text(storage.join(self.run_dir, METRICS_FILE), json.dumps(json_safe(record)) + "\n")
 
     return MetricsFile(run_dir)
 
 
-def _append_remote(uri: str, record: dict[str, Any]) -> None:
-    """Object stores cannot append: read, add a line, write back (the file is small)."""
-    import pyarrow.fs as pafs
-
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    old = b""
-    if filesystem.get_file_info(path).type == pafs.FileType.File:
-        with filesystem.open_input_stream(path) as stream:
-            old = stream.read()
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(old + (json.dumps(json_safe(record)) + "\n").encode())
-
-
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of <run_dir>/metrics.jsonl (local run folders)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    """The records of <run_dir>/metrics.jsonl (a local folder or a URI); [] when there is none.
+
+    A line that is not a JSON object (a write cut short by a crash or a full disk) is skipped,
+    with one note on stderr: the other records are still the run's history."""
+    try:
+        text = storage.read_text(storage.join(str(run_dir), METRICS_FILE))
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, skipped = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            skipped += 1
+    if skipped:
+        print(f"trm-ray: {storage.join(str(run_dir), METRICS_FILE)}: skipped {skipped} unreadable line(s)",
+              file=sys.stderr)
+    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,8 +274,9 @@ class TrainRunResult:
 
 
 def summarize(run_dir: str) -> TrainRunResult:
-    """Final and best metrics from the run's metrics file."""
-    records = read_metrics(run_dir) if not is_uri(run_dir) else []
+    """Final and best metrics from the run's metrics file (a local folder or a URI)."""
+    run_dir = str(run_dir)
+    records = read_metrics(run_dir)
     result = TrainRunResult(run_dir=run_dir)
     if not records:
         return result
@@ -215,11 +287,14 @@ def summarize(run_dir: str) -> TrainRunResult:
         result.best = max(evaluated, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
     with_checkpoint = [r for r in records if r.get("checkpoint")]
     if with_checkpoint:
-        result.last_checkpoint = str(Path(run_dir) / with_checkpoint[-1]["checkpoint"])
-    kept = [r for r in evaluated if r.get("checkpoint") and (Path(run_dir) / r["checkpoint"]).is_dir()]
+        result.last_checkpoint = storage.join(run_dir, with_checkpoint[-1]["checkpoint"])
+    # One listing of the run folder (one request on an object store) says which checkpoints
+    # Ray kept.
+    present = set(storage.list_dir(run_dir))
+    kept = [r for r in evaluated if r.get("checkpoint") in present]
     if kept:
         best_kept = max(kept, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
-        result.best_checkpoint = str(Path(run_dir) / best_kept["checkpoint"])
+        result.best_checkpoint = storage.join(run_dir, best_kept["checkpoint"])
     return result
 
 
@@ -249,16 +324,17 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     if not config.run_name:
         raise ConfigError("run_name is not set (the CLI generates one)")
     run_dir = run_dir_of(config)
-    local_run_dir = None if is_uri(run_dir) else Path(run_dir)
-    if local_run_dir is not None:
-        started_before = (local_run_dir / RAY_SNAPSHOT_FILE).exists() or (local_run_dir / CONFIG_FILE).exists()
+    try:
+        started_before = run_started(run_dir)
         if started_before and not resume:
             raise ConfigError(f"run folder {run_dir} already exists: continue it with --resume {run_dir}, "
                               f"or choose another run_name=")
         if resume and not started_before:
             raise ConfigError(f"--resume {run_dir}: no run there (no {CONFIG_FILE})")
-        local_run_dir.mkdir(parents=True, exist_ok=True)
-        (local_run_dir / CONFIG_FILE).write_text(to_yaml(config))
+        storage.write_text(storage.join(run_dir, CONFIG_FILE), to_yaml(config))
+        storage_path, storage_filesystem = storage.ray_storage(config.ray.storage_path)
+    except storage.StorageError as error:  # the store refused or cannot be reached: before any Ray process
+        raise ConfigError(f"ray.storage_path={config.ray.storage_path}: {error}") from None
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
     if report_every_steps is None and os.environ.get(REPORT_EVERY_STEPS_ENV):
@@ -274,7 +350,9 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
             checkpoint_score_attribute=EVAL_METRIC if evaluates else None,
             checkpoint_score_order="max",
         )
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        # Workers on other nodes need to know where the object store is; their credentials
+        # come from their own environment or role, never through Ray.
+        env = {**storage.endpoint_env(), **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
         trainer = TorchTrainer(
             worker_loop,
             train_loop_config={"config": config.model_dump(mode="json"), "run_dir": run_dir,
@@ -285,7 +363,8 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(
                 name=config.run_name,
-                storage_path=config.ray.storage_path,
+                storage_path=storage_path,
+                storage_filesystem=storage_filesystem,
                 checkpoint_config=checkpoint_config,
                 failure_config=ray.train.FailureConfig(max_failures=config.ray.max_failures),
                 callbacks=[_metrics_file_callback(run_dir), *callbacks],
