@@ -1,6 +1,6 @@
 """Compare the trials of a sweep: a ranked table, every trial's curve, the winner as a recipe.
 
-    summary = summarize_sweep("runs/sweeps/quickstart-sweep")
+    summary = summarize_sweep("runs/sweeps/quickstart-sweep")      # or s3://bucket/sweeps/quickstart-sweep
     print(format_table(summary))
     plot_curves(summary, "curves.png")
     write_best_config(summary, "best.yaml")      # `trm-ray train best.yaml` runs the winner
@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from trm_ray.config import ConfigError, TrainConfig, build
+from trm_ray.storage import StorageError
 from trm_ray.tune.records import TrialHistory, read_records, read_sweep_info, trial_histories
 
 
@@ -42,14 +43,16 @@ class SweepSummary:
 
 
 def summarize_sweep(sweep_dir: str | os.PathLike, metric: Optional[str] = None) -> SweepSummary:
-    """Read a sweep folder's records; rank its trials by `metric` (default: the sweep's)."""
+    """Read a sweep folder's records (a local folder or a URI); rank its trials by `metric`
+    (default: the sweep's)."""
     try:
         info = read_sweep_info(sweep_dir)
-    except FileNotFoundError as error:
+        records = read_records(sweep_dir)
+    except (FileNotFoundError, StorageError) as error:
         raise ConfigError(str(error)) from None
     metric = metric or info["metric"]
     mode = info["mode"]
-    histories = trial_histories(read_records(sweep_dir))
+    histories = trial_histories(records)
     reported = {k for h in histories.values() for r in h.results for k in r}
     if histories and any(h.results for h in histories.values()) and metric not in reported:
         known = sorted(k for k in reported if "/" in k)

@@ -8,20 +8,31 @@ Ray 2.60: `Tuner(TorchTrainer)` no longer works, so each trial is a small functi
 its Train run named by the trial id under <sweep>/train/. The Train controller forwards each
 evaluation report to Tune (TuneReportCallback), so ASHA judges on the same metrics single
 runs report; ResumableASHA (scheduler.py) keeps that judgement fair across --resume.
+
+The sweep folder may be a URI (s3://bucket/sweeps/<name>): Tune's experiment state, the
+records and every trial's Train run then live in object storage, so trials on any node write
+where every node (and a driver started on another machine) reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
+from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, build
-from trm_ray.data.layout import is_uri
-from trm_ray.tune.records import TRAIN_DIR, read_records, read_sweep_info, trial_histories, write_sweep_info
+from trm_ray.tune.records import (
+    TRAIN_DIR,
+    forget_records,
+    read_records,
+    read_sweep_info,
+    sweep_started,
+    trial_histories,
+    upload_records,
+    write_sweep_info,
+)
 from trm_ray.tune.scheduler import REPLAYED_KEY
 from trm_ray.tune.spec import Sweep, set_key, trial_config, varied_keys, with_resources
 
@@ -58,47 +69,16 @@ def _eval_report_callback(eval_interval: int):
     return EvalReportCallback(eval_interval)
 
 
-@contextlib.contextmanager
-def _train_callbacks(extra: list[Any]) -> Iterator[dict[str, Any]]:
-    """Extra Ray Train callbacks for trm_ray.train.trainer.fit.
-
-    Uses fit(callbacks=...) when the trainer offers it; until then wraps the trainer's metrics
-    file callback (its only callback) so one combined callback also runs ours. Safe: a trial
-    runs in its own process."""
-    from trm_ray.train import trainer
-
-    if "callbacks" in inspect.signature(trainer.fit).parameters:
-        yield {"callbacks": extra}
-        return
-    import ray.train
-
-    original = trainer._metrics_file_callback
-
-    class Combined(ray.train.UserCallback):
-        def __init__(self, callbacks: list[Any]):
-            self.callbacks = callbacks
-
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            for callback in self.callbacks:
-                callback.after_report(run_context, metrics, checkpoint)
-
-        def after_exception(self, run_context, worker_exceptions) -> None:
-            for callback in self.callbacks:
-                callback.after_exception(run_context, worker_exceptions)
-
-    trainer._metrics_file_callback = lambda run_dir: Combined([original(run_dir), *extra])
-    try:
-        yield {}
-    finally:
-        trainer._metrics_file_callback = original
-
-
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the trial's TrainConfig, trained by the train issue's `fit` (a TorchTrainer)."""
     from ray import tune
 
-    from trm_ray.train.trainer import CONFIG_FILE, fit, run_dir_of
+    from trm_ray.train.trainer import fit, run_dir_of, run_started
 
+    # Where the object store is (never a secret): a trial on another node may lack the
+    # driver's AWS_ENDPOINT_URL, and its own checks of the run folder below need it.
+    for key, value in context.get("storage_env", {}).items():
+        os.environ.setdefault(key, value)
     trial_id = tune.get_context().get_trial_id()
     finished = context.get("finished", {}).get(trial_id)
     if finished is not None:
@@ -110,16 +90,16 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     for key, value in config["trial"]["params"].items():
         data = set_key(data, key, value)
     data = set_key(data, "run_name", trial_id)
-    data = set_key(data, "ray.storage_path", os.path.join(context["sweep_dir"], TRAIN_DIR))
+    data = set_key(data, "ray.storage_path", storage.join(context["sweep_dir"], TRAIN_DIR))
     data = set_key(data, "tracking.group", context["sweep_name"])
     train_config = build(TrainConfig, data, f"trial {trial_id}")
+    run_dir = run_dir_of(train_config)
     # A trial Tune resumes (driver restarted) continues its Train run from its last checkpoint.
-    resume = Path(run_dir_of(train_config), CONFIG_FILE).exists()
-    callback = _eval_report_callback(train_config.eval_interval or train_config.epochs)
-    with _train_callbacks([callback]) as extra:
-        fit(train_config, resume=resume, **extra)
+    resume = run_started(run_dir)
+    interval = train_config.eval_interval or train_config.epochs
+    fit(train_config, resume=resume, callbacks=[_eval_report_callback(interval)])
     _drain_reports()
-    _report_if_silent(run_dir_of(train_config), train_config.eval_interval or train_config.epochs)
+    _report_if_silent(run_dir, interval)
 
 
 def _report_if_silent(run_dir: str, eval_interval: int) -> None:
@@ -134,7 +114,7 @@ def _report_if_silent(run_dir: str, eval_interval: int) -> None:
     session = get_session()
     if session is None or session.iteration > 0:
         return
-    evaluations = [r for r in read_metrics(run_dir) if EPOCH_KEY in r] if not is_uri(run_dir) else []
+    evaluations = [r for r in read_metrics(run_dir) if EPOCH_KEY in r]
     if evaluations:
         last = {k: v for k, v in evaluations[-1].items() if k != "checkpoint"}
         tune.report({**last, EVAL_ROUND_KEY: last[EPOCH_KEY] / eval_interval})
@@ -166,6 +146,7 @@ def sweep_info(sweep: Sweep, trials: list[dict[str, Any]], trial_base: dict[str,
     return {
         "name": sweep.name,
         "source": str(sweep.source),
+        "overrides": sweep.overrides,
         "spec": spec.model_dump(mode="json"),
         "metric": spec.metric,
         "mode": spec.mode,
@@ -178,15 +159,23 @@ def sweep_info(sweep: Sweep, trials: list[dict[str, Any]], trial_base: dict[str,
 
 def check_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Every trial through the trainer's own pre-launch checks (datasets exist, batch fits,
-    evaluators known); returns the base recipe with absolute paths, as trials get it."""
+    evaluators known, storage writable); returns the base recipe with absolute paths, as
+    trials get it."""
     from trm_ray.data.layout import DatasetError
     from trm_ray.train.loop import has_test_split
     from trm_ray.train.trainer import check_inputs
 
+    # Trials write under <sweep>/train/, never to the recipe's ray.storage_path: check that.
+    trials_root = storage.join(sweep.directory(), TRAIN_DIR)
+
+    def as_trial(config: TrainConfig) -> TrainConfig:
+        return config.model_copy(update={"run_name": "check",
+                                         "ray": config.ray.model_copy(update={"storage_path": trials_root})})
+
     checked: set[str] = set()
     try:
         for params in trials:
-            config = check_inputs(trial_config(sweep, params).model_copy(update={"run_name": "check"}))
+            config = check_inputs(as_trial(trial_config(sweep, params)))
             key = repr((config.data_paths, config.data_paths_test, config.global_batch_size, config.ray.num_workers))
             if key in checked:
                 continue
@@ -196,10 +185,12 @@ def check_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
                                   f"{config.data_paths_test or config.data_paths} has none; use a train/ metric")
     except DatasetError as error:
         raise ConfigError(str(error)) from None
-    base = check_inputs(build(TrainConfig, with_resources(sweep.base_data, sweep.spec.resources), "base")
-                        .model_copy(update={"run_name": "check"}))
-    data = base.model_dump(mode="json")
+    recipe = build(TrainConfig, with_resources(sweep.base_data, sweep.spec.resources), "base")
+    data = check_inputs(as_trial(recipe)).model_dump(mode="json")
     data["run_name"] = None
+    # the recipe's own storage, as a fresh run of the winner (compare --best-config) uses it
+    location = recipe.ray.storage_path
+    data["ray"]["storage_path"] = location if storage.is_uri(location) else os.path.abspath(os.path.expanduser(location))
     return data
 
 
@@ -253,15 +244,19 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
 
     spec = sweep.spec
     sweep_dir = sweep.directory()
-    if is_uri(sweep_dir):
-        # the driver appends the records ASHA is rebuilt from: a file system path (NFS on a cluster)
-        raise SweepError(f"storage_path {sweep.storage_root()!r}: sweeps need a file system path (local or shared), "
-                         f"not a URI; trials' Train runs go under it too")
+    try:
+        # Before any Ray process: a missing bucket or refused credentials is one line now, not
+        # a trial error minutes later.
+        storage.check_writable(sweep_dir)
+        started_before = sweep_started(sweep_dir)
+        experiment_path, filesystem = storage.ray_storage(sweep_dir)
+        root_path, _ = storage.ray_storage(sweep.storage_root())
+    except storage.StorageError as error:
+        raise SweepError(_storage_problem(sweep, error)) from None
     trial_base = check_trials(sweep, trials)
     info = sweep_info(sweep, trials, trial_base)
-    started_before = Path(sweep_dir, "sweep.json").exists()
     if resume:
-        if not started_before or not tune.Tuner.can_restore(sweep_dir):
+        if not started_before or not tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
             raise SweepError(f"--resume: no sweep to continue in {sweep_dir}; run it without --resume")
         if read_sweep_info(sweep_dir)["trials"] != info["trials"]:
             raise SweepError(f"{sweep.source} changed since the sweep in {sweep_dir} started (other trials): "
@@ -269,6 +264,8 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
     elif started_before:
         raise SweepError(f"sweep folder {sweep_dir} already exists: continue it with --resume, "
                          f"or give the sweep another name:")
+    else:
+        forget_records(sweep_dir)
     write_sweep_info(sweep_dir, info)
 
     base = build(TrainConfig, trial_base, "base")
@@ -280,7 +277,8 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
             metric=spec.metric, mode=spec.mode, max_t=max_t_of(sweep, base),
             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
             early_stopping=spec.asha.enabled)
-        context = {"trial_base": trial_base, "sweep_dir": sweep_dir, "sweep_name": sweep.name}
+        context = {"trial_base": trial_base, "sweep_dir": sweep_dir, "sweep_name": sweep.name,
+                   "storage_env": storage.endpoint_env()}
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
                                         {"cpu": spec.resources.trial_cpu})
         if resume:
@@ -290,7 +288,8 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
             trainable = tune.with_resources(
                 tune.with_parameters(run_trial, context={**context, "finished": finished}),
                 {"cpu": spec.resources.trial_cpu})
-            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=filesystem)
         else:
             concurrency = concurrent_trials(sweep, base)
             log(f"trm-ray: sweep {sweep.name}: {len(trials)} trials, up to {concurrency} at once -> {sweep_dir}")
@@ -298,18 +297,33 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
                 trainable,
                 param_space={"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(trials)])},
                 tune_config=tune.TuneConfig(scheduler=scheduler,  # metric/mode: the scheduler's
-                                           
                                             num_samples=1, max_concurrent_trials=concurrency),
-                run_config=tune.RunConfig(name=sweep.name, storage_path=str(Path(sweep_dir).parent),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=root_path, storage_filesystem=filesystem,
                                           verbose=1, failure_config=tune.FailureConfig(max_failures=0)),
             )
         results = tuner.fit()
+        upload_records(sweep_dir)  # the upload after the last record may have failed: retry it once more
         if results.errors:
             failed = [r.path.rstrip("/").rsplit("/", 1)[-1] for r in results if r.error is not None]
             raise SweepError(f"{len(failed)} trial(s) failed ({', '.join(failed[:5])}); their errors are above and "
                              f"in {sweep_dir}/<trial>/error.txt. `trm-ray sweep {sweep.source} --resume` retries them")
+    except BaseException:
+        # What this driver recorded before failing is what --resume replays (on any machine).
+        with contextlib.suppress(OSError):
+            upload_records(sweep_dir)
+        raise
     finally:
         if started:
             ray.shutdown()
     return sweep_dir
+
+
+def _storage_problem(sweep: Sweep, error: OSError) -> str:
+    """One line: the sweep folder and the setting it comes from, what is wrong, what to do."""
+    text = str(error)
+    location, _, detail = text.partition(": ")
+    if location.startswith(sweep.storage_root()) and detail:
+        text = detail  # the probe object's or folder's own name adds nothing
+    origin = "the sweep's storage_path" if sweep.spec.storage_path else "the base recipe's ray.storage_path"
+    return f"sweep folder {sweep.directory()} (from {origin}): {text}"
 

@@ -1,6 +1,6 @@
 """The sweep folder's own records: what ran, what each trial reported, what ASHA decided.
 
-    <storage>/<sweep name>/
+    <storage>/<sweep name>/   a local folder or a URI (s3://bucket/sweeps/<name>)
         sweep.json        written at launch: the spec, the base recipe, every trial's values
         trials.jsonl      appended by the driver as results arrive (one JSON object a line):
                             {"event": "trial",  "trial_id", "index", "params"}
@@ -13,39 +13,143 @@
 Tune keeps neither ASHA's rungs nor a continuing iteration count across `--resume`; these
 records are what the resumed scheduler rebuilds its rungs from, and what `trm-ray compare`
 reads (Ray Train V2 itself writes no result files).
+
+A sweep folder at a URI: an object cannot be appended to, and the driver must not lose a
+record when it is killed. The driver appends to a local mirror (fsync'ed, like a local
+trials.jsonl) under $TRM_RAY_CACHE/sweeps/ and, after every line, uploads the whole file with
+one PUT (atomic: readers see the previous version or the new one). Readers take the mirror
+when it extends the remote copy (an upload that failed or was cut short by a kill), else the
+remote copy (a driver on another machine, or a machine that never ran this sweep).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from trm_ray import storage
+
 SWEEP_FILE = "sweep.json"
 RECORDS_FILE = "trials.jsonl"
 TRAIN_DIR = "train"
 
+logger = logging.getLogger(__name__)
 
-def append_record(sweep_dir: str | os.PathLike, record: dict[str, Any]) -> None:
-    """One line, flushed and fsync'ed: a killed driver loses at most the line being written."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    path = Path(sweep_dir) / RECORDS_FILE
+# URI sweep folders whose local mirror this process has reconciled with the remote copy: done
+# once per process, before its first append (later appends only extend what it wrote).
+_reconciled: set[str] = set()
+
+
+def mirror_path(sweep_dir: str | os.PathLike) -> Path:
+    """The driver's local copy of a URI sweep folder's trials.jsonl (one folder per URI)."""
+    base = os.environ.get("TRM_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trm-ray")
+    key = hashlib.sha256(str(sweep_dir).rstrip("/").encode()).hexdigest()[:16]
+    return Path(base, "sweeps", key, RECORDS_FILE)
+
+
+def _whole_lines(text: str) -> str:
+    """`text` without a last line cut short (a driver killed while writing it)."""
+    return text if not text or text.endswith("\n") else text[: text.rfind("\n") + 1]
+
+
+def _records_text(sweep_dir: str | os.PathLike) -> str:
+    """The newest trials.jsonl there is: a URI's local mirror when it extends the remote copy."""
+    location = storage.join(sweep_dir, RECORDS_FILE)
+    if not storage.is_uri(sweep_dir):
+        path = Path(location)
+        return path.read_text() if path.is_file() else ""
+    try:
+        remote = storage.read_text(location)
+    except FileNotFoundError:
+        remote = ""
+    mirror = mirror_path(sweep_dir)
+    local = mirror.read_text() if mirror.is_file() else ""
+    return local if local.startswith(_whole_lines(remote)) and len(local) > len(remote) else remote
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Replace a local file whole and fsync it (a temporary name, then os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(clean, default=str) + "\n")
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _append_synced(path: Path, line: str) -> None:
+    """One line, flushed and fsync'ed: a killed driver loses at most the line being written.
+    A last line cut short by an earlier kill is dropped first, or the new line would be
+    glued onto it and lost too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                handle.seek(0)
+                handle.truncate(len(_whole_lines(handle.read().decode(errors="replace")).encode()))
+        handle.write(line.encode())
         handle.flush()
         os.fsync(handle.fileno())
 
 
+def append_record(sweep_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Add one record to <sweep_dir>/trials.jsonl (the driver is its only writer)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    line = json.dumps(clean, default=str) + "\n"
+    if not storage.is_uri(sweep_dir):
+        _append_synced(Path(sweep_dir) / RECORDS_FILE, line)
+        return
+    mirror = mirror_path(sweep_dir)
+    key = str(sweep_dir).rstrip("/")
+    if key not in _reconciled:
+        # Start from the newest copy: another machine may have continued this sweep since
+        # this mirror was written, or this machine never ran it.
+        current = _whole_lines(_records_text(sweep_dir))
+        if not mirror.is_file() or mirror.read_text() != current:
+            _write_synced(mirror, current)
+        _reconciled.add(key)
+    _append_synced(mirror, line)
+    upload_records(sweep_dir, strict=False)
+
+
+def upload_records(sweep_dir: str | os.PathLike, *, strict: bool = True) -> None:
+    """Write a URI sweep's local mirror of trials.jsonl to the sweep folder, whole (one PUT).
+    strict=False: a failed upload is logged and left to the next one (the mirror keeps every
+    line, and readers on this machine see them)."""
+    if not storage.is_uri(sweep_dir):
+        return
+    mirror = mirror_path(sweep_dir)
+    if not mirror.is_file():
+        return
+    try:
+        storage.write_text(storage.join(sweep_dir, RECORDS_FILE), _whole_lines(mirror.read_text()))
+    except storage.StorageError as error:
+        if strict:
+            raise
+        logger.warning("trm-ray: could not upload the sweep records (kept in %s, retried at the next "
+                       "record): %s", mirror, error)
+
+
+def forget_records(sweep_dir: str | os.PathLike) -> None:
+    """A new sweep at a URI: drop a mirror left by an earlier sweep of the same folder (deleted
+    since), so that its records are neither replayed nor uploaded into the new one."""
+    if storage.is_uri(sweep_dir):
+        mirror_path(sweep_dir).unlink(missing_ok=True)
+        _reconciled.discard(str(sweep_dir).rstrip("/"))
+
+
 def read_records(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(sweep_dir) / RECORDS_FILE
-    if not path.is_file():
-        return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in _records_text(sweep_dir).splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -54,19 +158,20 @@ def read_records(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def write_sweep_info(sweep_dir: str | os.PathLike, info: dict[str, Any]) -> None:
-    path = Path(sweep_dir) / SWEEP_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=str))
-    os.replace(tmp, path)
+    storage.write_text(storage.join(sweep_dir, SWEEP_FILE), json.dumps(info, indent=1, default=str))
+
+
+def sweep_started(sweep_dir: str | os.PathLike) -> bool:
+    return storage.is_file(storage.join(sweep_dir, SWEEP_FILE))
 
 
 def read_sweep_info(sweep_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(sweep_dir) / SWEEP_FILE
-    if not path.is_file():
+    try:
+        text = storage.read_text(storage.join(sweep_dir, SWEEP_FILE))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise FileNotFoundError(f"{str(sweep_dir)!r} is not a sweep folder (no {SWEEP_FILE}); "
-                                f"pass the folder `trm-ray sweep` printed")
-    return json.loads(path.read_text())
+                                f"pass the folder `trm-ray sweep` printed") from None
+    return json.loads(text)
 
 
 @dataclass

@@ -30,10 +30,11 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import Field, model_validator
 
+from trm_ray import storage
 from trm_ray.config import (
     ConfigError,
     TrainConfig,
@@ -148,7 +149,8 @@ class SweepSpec(_Strict):
     asha: AshaConfig = Field(..., description="Early stopping.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_concurrent_trials: Optional[int] = Field(None, ge=1, description="Trials at once; None: as many as fit.")
-    storage_path: Optional[str] = Field(None, description="Where the sweep folder goes; None: <recipe ray.storage_path>/sweeps.")
+    storage_path: Optional[str] = Field(None, description="Where the sweep folder goes (local path or s3:// / gs:// "
+                                                          "URI); None: <recipe ray.storage_path>/sweeps.")
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
@@ -160,8 +162,9 @@ class SweepSpec(_Strict):
 class Sweep:
     """A loaded sweep: the spec, its file, the base recipe data (overrides applied)."""
 
-    def __init__(self, spec: SweepSpec, source: Path, base_data: dict[str, Any]):
+    def __init__(self, spec: SweepSpec, source: Path, base_data: dict[str, Any], overrides: Sequence[str] = ()):
         self.spec, self.source, self.base_data = spec, source, base_data
+        self.overrides = list(overrides)  # key=value given with the command, after the file's
 
     @property
     def name(self) -> str:
@@ -172,17 +175,24 @@ class Sweep:
         return build(TrainConfig, with_resources(self.base_data, self.spec.resources), f"{self.source} (base)")
 
     def storage_root(self) -> str:
-        root = self.spec.storage_path or os.path.join(self.base_config.ray.storage_path, "sweeps")
-        return root if is_uri(root) else os.path.abspath(root)
+        """Where sweep folders go: a local folder (absolute) or a URI."""
+        root = self.spec.storage_path or storage.join(self.base_config.ray.storage_path, "sweeps")
+        return root.rstrip("/") if is_uri(root) else os.path.abspath(os.path.expanduser(root))
 
     def directory(self) -> str:
-        return os.path.join(self.storage_root(), self.name)
+        return storage.join(self.storage_root(), self.name)
 
 
-def load_sweep_spec(path: str | os.PathLike) -> Sweep:
-    """Read and check a sweep file and its base recipe (no trial is expanded yet)."""
+def load_sweep_spec(path: str | os.PathLike, overrides: Sequence[str] = (),
+                    storage_path: Optional[str] = None) -> Sweep:
+    """Read and check a sweep file and its base recipe (no trial is expanded yet).
+
+    overrides: key=value for the base recipe, applied after the file's own `overrides` (e.g.
+    data_paths=[s3://bucket/data/x] from the command line); storage_path replaces the file's."""
     path = Path(path)
     spec: SweepSpec = build(SweepSpec, read_yaml(path), str(path))
+    if storage_path:
+        spec = spec.model_copy(update={"storage_path": storage_path})
     base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
     if not base_path.is_file() and Path(spec.base).is_file():
         base_path = Path(spec.base)  # also accept a path relative to the working directory
@@ -195,10 +205,18 @@ def load_sweep_spec(path: str | os.PathLike) -> Sweep:
     else:
         for key, value in spec.overrides.items():
             data = set_key(data, key, value, source=f"{path}: overrides")
-    build(TrainConfig, data, f"{base_path} with the overrides of {path}")
+    if overrides:
+        searched = [item.split("=", 1)[0].lstrip("+").strip() for item in overrides if "=" in item]
+        clash = [key for key in searched if key in spec.search_space]
+        if clash:
+            # the search space would silently replace it in every trial
+            raise ConfigError(f"override {clash[0]}=... : {clash[0]} is searched by {path} (search_space); "
+                              f"drop the override or edit the search space")
+        data = apply_overrides(data, list(overrides))
+    build(TrainConfig, data, f"{base_path} with the overrides of {path}" + (" and the command" if overrides else ""))
     for key in spec.search_space:
         check_config_key(key, f"{path}: search_space")
-    return Sweep(spec, path, data)
+    return Sweep(spec, path, data, overrides)
 
 
 def check_config_key(dotted: str, where: str) -> None:
