@@ -26,7 +26,7 @@ local and stopped with ray.shutdown().
    seconds (a sleep: the host waiting on an accelerator step), a metrics-only report every
    --metrics-every steps (as the loop reports train metrics), the part-1 checkpoint folder
    reported every --every steps, in three report modes:
-     sync                 every report SYNC (trm-ray today)
+     sync                 every report SYNC (trm-ray on local storage paths)
      async ckpt           checkpoint reports ASYNC, metrics reports SYNC (Ray's default)
      async                every report ASYNC
    ray.train.report(checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC) returns after
@@ -38,9 +38,11 @@ local and stopped with ray.shutdown().
 
 Reading the numbers: the local server is moto, a Python server sharing the 2 cores with the
 client. It takes uploads at 10-20 MB/s and reads the whole object for every ranged GET, so a
-download costs (object size / read size) whole-object reads: trm-ray's reads (1 MiB in
-storage.download_dir and stage_dataset, 256 KiB in storage.read_bytes) make it grow with the
-size squared, Ray's copies read 64 MiB at a time. On a real store each GET costs a round trip
+download costs (object size / read size) whole-object reads: small reads make it grow with the
+size squared. The table below was measured when storage.download_dir and stage_dataset read
+1 MiB and storage.read_bytes 256 KiB at a time; since then they copy 64 MiB per request as Ray
+does (storage.COPY_CHUNK) and read_bytes fetches a file in one request, so their rows now go
+the way of the "64 MiB reads" rows (the notes still say "1 MiB reads"). On a real store each GET costs a round trip
 instead, so the read size matters there too. The "x local" ratios say what moto costs, not what
 S3 costs: run with --store for a real one. Local disk figures are page-cache figures (nothing is
 synced). The default table has 16,384 rows (a 204 MB checkpoint): the ARC table (~876k rows at
@@ -70,7 +72,7 @@ Ray ~5.4 GB):
 
 3. upload stall: TorchTrainer, 1 worker, 600 steps of 0.05 s (sleep), metrics report every 50 steps, 204 MB checkpoint every 300 steps to the store
   mode                                   mean step s  x ideal  ckpt report s  max metrics s  fit wall s  local left
-  sync (trm-ray today)                        0.0720     1.44           6.29           0.09       106.1           0
+  sync (local-path mode)                      0.0720     1.44           6.29           0.09       106.1           0
   async ckpt, sync metrics reports            0.0675     1.35           0.06           5.62       139.3           0
   async ckpt + async metrics reports          0.0551     1.10           0.15           0.30        94.2           0
   mean step sync / async: 1.31x
@@ -80,7 +82,10 @@ In sync mode each checkpoint report holds the step for the whole upload (6.3 s f
 3.7 GB ARC checkpoint holds it for its whole upload too, and with several workers the other
 ranks wait at the next all-reduce); ASYNC moves it off the step, but only when metrics-only
 reports are ASYNC as well (else the next one waits: 5.6 s). The mean-step ratio depends on how
-often one checkpoints: here 2 uploads over 30 s of steps.
+often one checkpoints: here 2 uploads over 30 s of steps. trm-ray therefore reports every
+checkpoint and metrics report ASYNC when the run folder is on object storage
+(trm_ray.train.trainer.RaySession; `checkpoint.async_upload=false` turns it off), and SYNC on a
+local or mounted path, where the copy is cheap.
 """
 
 from __future__ import annotations
@@ -346,7 +351,7 @@ def _stall_worker(cfg: dict) -> None:
 
 
 STALL_MODES = (
-    ("sync (trm-ray today)", "SYNC", "SYNC"),
+    ("sync (local-path mode)", "SYNC", "SYNC"),
     ("async ckpt, sync metrics reports", "ASYNC", "SYNC"),
     ("async ckpt + async metrics reports", "ASYNC", "ASYNC"),
 )
