@@ -44,6 +44,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray = pytest.importorskip("ray")
 
 from datasets_util import write_dataset  # noqa: E402
+from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray import storage  # noqa: E402
 from trm_ray.checkpoint import MODEL_FILE  # noqa: E402
 from trm_ray.config import TrainConfig  # noqa: E402
@@ -70,20 +71,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _ray_processes_of_this_session() -> list:
-    import psutil
-
-    names = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard")
-    found = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if any(n in " ".join(process.cmdline()) for n in names):
-                found.append(process)
-        except psutil.Error:  # ended while we looked
-            pass
-    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,12 +155,9 @@ def nodes(s3, tmp_path_factory):
         ray.shutdown()
         cluster.shutdown()
         patch.undo()
-        deadline = time.time() + 30
-        while _ray_processes_of_this_session() and time.time() < deadline:
-            time.sleep(0.5)
+        left = wait_until_ray_is_gone(timeout_s=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
         clock("cluster shut down")
-        left = _ray_processes_of_this_session()
         assert not left, f"Ray processes left behind after cluster.shutdown(): {[p.cmdline()[:2] for p in left]}"
 
 

@@ -12,7 +12,6 @@ appears in any object of the storage or any file of the local run side.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -109,8 +108,6 @@ def test_readme_storage_commands_run_against_s3(s3, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists(), "something was written to local disk instead of storage"
 
     # no credential value anywhere in storage or on the local side of the runs
-    import ray  # noqa: F401  (the token file location is Ray's)
-
     secrets = {"S3 secret": s3.secret_key, "W&B key": FAKE_WANDB_KEY}
     token_file = Path.home() / ".ray" / "auth_token"
     if token_file.is_file() and token_file.read_text().strip():

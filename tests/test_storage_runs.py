@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ ray = pytest.importorskip("ray")
 from click.testing import CliRunner  # noqa: E402
 
 from datasets_util import write_dataset  # noqa: E402
+from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray import storage  # noqa: E402
 from trm_ray.checkpoint import MODEL_FILE, load_checkpoint, read_state_dict  # noqa: E402
 from trm_ray.cli.main import main  # noqa: E402
@@ -43,14 +43,6 @@ from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, read_met
 
 BUCKET = "trm"
 DATA = f"s3://{BUCKET}/data/tiny"
-
-
-def _ray_processes_of_this_session() -> list:
-    import psutil
-
-    names = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard")
-    return [p for p in psutil.Process().children(recursive=True)
-            if any(n in " ".join(p.cmdline() if p.is_running() else []) for n in names)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,10 +60,7 @@ def local_ray(s3):
     ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
-    deadline = time.time() + 20
-    while _ray_processes_of_this_session() and time.time() < deadline:
-        time.sleep(0.5)
-    assert not _ray_processes_of_this_session(), "Ray processes left behind after ray.shutdown()"
+    assert not wait_until_ray_is_gone(), "Ray processes left behind after ray.shutdown()"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ ray = pytest.importorskip("ray")
 from click.testing import CliRunner  # noqa: E402
 
 from datasets_util import write_dataset  # noqa: E402
+from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray.checkpoint import load_checkpoint  # noqa: E402
 from trm_ray.cli.main import main  # noqa: E402
 from trm_ray.config import DataShape, TrainConfig  # noqa: E402
@@ -37,24 +37,13 @@ from trm_ray.train.step import create_train_state  # noqa: E402
 from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit, read_metrics  # noqa: E402
 
 
-def _ray_processes_of_this_session() -> list:
-    import psutil
-
-    names = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard")
-    return [p for p in psutil.Process().children(recursive=True)
-            if any(n in " ".join(p.cmdline() if p.is_running() else []) for n in names)]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     # 3 logical CPUs: two 1-CPU workers plus room for Ray's own actors on a 2-core machine.
     ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
-    deadline = time.time() + 20
-    while _ray_processes_of_this_session() and time.time() < deadline:
-        time.sleep(0.5)
-    assert not _ray_processes_of_this_session(), "Ray processes left behind after ray.shutdown()"
+    assert not wait_until_ray_is_gone(), "Ray processes left behind after ray.shutdown()"
 
 
 def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
