@@ -4,8 +4,8 @@ S3-protocol server (tests/s3_server.py), in the README's order, and does what it
 The commands are read from README.md itself (the storage section's block and the cluster
 section's `trm-ray submit -- '...'` lines, whose quoted command is what the job runs on the
 cluster), with $TRM_RAY_STORAGE expanded as the cluster's shell expands it. Only sizes are
-changed, by overrides appended to each command (later overrides win): CPU workers instead of
-GPUs, fewer epochs. Afterwards no credential value (the S3 secret, a W&B key, the Ray token)
+changed, by options appended to each command (later ones win): a smaller dataset, CPU workers
+instead of GPUs, fewer epochs. Afterwards no credential value (the S3 secret, a W&B key, the Ray token)
 appears in any object of the storage or any file of the local run side.
 """
 
@@ -25,12 +25,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STORAGE = "s3://trm/readme"
-# Appended to the commands that train: CPU-sized and short; the README's own values stay in
-# front and are overridden.
-TRAIN_SIZE = ["ray.use_gpu=false", "ray.num_workers=2", "epochs=4", "eval_interval=2", "global_batch_size=512"]
-# The sweep keeps its file's epochs and ASHA rungs (20 epochs, rungs at 5 and 15); larger
-# batches make each of its 6 trials a few dozen steps.
-SWEEP_SIZE = ["global_batch_size=1024"]
+# Appended to the commands: the dataset a tenth of the quickstart's (100 train puzzles x 8
+# variants, 20 test puzzles), so every run and trial computes a tenth; training CPU-sized and
+# short. The README's own values stay in front and are overridden. The sweep keeps its file's
+# epochs and ASHA rungs (20 epochs, rungs at 5 and 15).
+DATA_SIZE = ["--num-train", "100", "--num-test", "20"]
+TRAIN_SIZE = ["ray.use_gpu=false", "ray.num_workers=2", "epochs=4", "eval_interval=2"]
 FAKE_WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -78,8 +78,8 @@ def test_readme_storage_commands_run_against_s3(s3, tmp_path, monkeypatch):
         ran.add(tuple(args))
         if args[0] == "train":
             args += TRAIN_SIZE
-        elif args[0] == "sweep":
-            args += SWEEP_SIZE  # the sweep file sets its own workers
+        elif args[:2] == ["data", "build"]:
+            args += DATA_SIZE
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, (args, result.output)
         seen[" ".join(args[:2])] = result.output
