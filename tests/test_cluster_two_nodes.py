@@ -30,6 +30,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_head(Cluster, attempts: int = 3):
+    """The head on ports chosen just before: another process (Ray's own components pick random
+    ports too) can take one in between, and the head then fails to start. End whatever of it
+    did start, so no stray GCS or dashboard outlives this test, and try other ports."""
+    from ray_util import ray_processes_of_this_session, wait_until_ray_is_gone
+
+    for attempt in range(attempts):
+        try:
+            return Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "gcs_server_port": _free_port(), "dashboard_host": "127.0.0.1",
+                "dashboard_port": _free_port(), "include_dashboard": True,
+            })
+        except Exception:
+            for process in ray_processes_of_this_session():
+                process.kill()
+            wait_until_ray_is_gone()
+            if attempt == attempts - 1:
+                raise
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
     from ray.cluster_utils import Cluster
@@ -41,10 +61,7 @@ def two_nodes():
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "gcs_server_port": _free_port(), "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
-        "include_dashboard": True,
-    })
+    cluster = _start_head(Cluster)
     try:
         worker_node = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
