@@ -121,10 +121,9 @@ def json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
-def append_metrics(path: Path, record: Mapping[str, Any]) -> None:
-    """One JSON object per line."""
-    with open(path, "a") as handle:
-        handle.write(json.dumps(json_safe(record)) + "\n")
+def append_metrics(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """One JSON object per line, to a local file or an object at a URI (trm_ray.storage)."""
+    storage.append_text(path, json.dumps(json_safe(record)) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

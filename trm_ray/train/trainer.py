@@ -35,6 +35,7 @@ from trm_ray.config import ConfigError, TrainConfig, to_yaml
 from trm_ray.data.layout import METADATA_FILE, DatasetError, load_metadata
 from trm_ray.data.loader import is_uri
 from trm_ray.train.loop import (
+    append_metrics,
     EVAL_METRIC,
     FAULT_ENV,
     METRICS_FILE,
@@ -42,7 +43,6 @@ from trm_ray.train.loop import (
     build_evaluators,
     checkpoint_dir_name,
     has_test_split,
-    json_safe,
     train,
 )
 
@@ -229,7 +229,7 @@ def _metrics_file_callback(run_dir: str):
             record = dict(metrics[0]) if metrics else {}
             if checkpoint is not None:
                 record["checkpoint"] = storage.name_of(checkpoint.path)
-            storage.append_text(storage.join(self.run_dir, METRICS_FILE), json.dumps(json_safe(record)) + "\n")
+            append_metrics(storage.join(self.run_dir, METRICS_FILE), record)
 
     return MetricsFile(run_dir)
 
