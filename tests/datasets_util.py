@@ -92,3 +92,11 @@ def write_dataset(
 def decode_rows(inputs: np.ndarray) -> np.ndarray:
     """(rows, 4): group, puzzle, example-in-puzzle, example index of each row (0-based)."""
     return np.asarray(inputs)[:, :4].astype(np.int64) - 1
+
+
+def write_tiny_dataset(dataset_dir: str | os.PathLike) -> Path:
+    """The small dataset the Ray training tests share: 12 train groups of 1-2 variants with
+    1-3 examples each, and a test split of 6 one-example puzzles."""
+    write_dataset(dataset_dir, [[1 + (g % 3), 2] if g % 2 else [3] for g in range(12)], split="train")
+    write_dataset(dataset_dir, [[1]] * 6, split="test")
+    return Path(dataset_dir)

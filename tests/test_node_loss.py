@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ray = pytest.importorskip("ray")
 
-from datasets_util import write_dataset  # noqa: E402
+from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray import storage  # noqa: E402
 from trm_ray.checkpoint import MODEL_FILE  # noqa: E402
@@ -167,10 +167,7 @@ def nodes(s3, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_dataset(tmp_path_factory) -> Path:
     """The reference layout written by hand (tests/test_train_ray.py's tiny recipe)."""
-    root = tmp_path_factory.mktemp("node-loss-dataset")
-    write_dataset(root, [[1 + (g % 3), 2] if g % 2 else [3] for g in range(12)], split="train")
-    write_dataset(root, [[1]] * 6, split="test")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("node-loss-dataset"))
 
 
 @pytest.fixture(scope="module")

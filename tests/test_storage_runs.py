@@ -29,7 +29,7 @@ ray = pytest.importorskip("ray")
 
 from click.testing import CliRunner  # noqa: E402
 
-from datasets_util import write_dataset  # noqa: E402
+from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray import storage  # noqa: E402
 from trm_ray.checkpoint import MODEL_FILE, load_checkpoint, read_state_dict  # noqa: E402
@@ -66,10 +66,7 @@ def local_ray(s3):
 @pytest.fixture(scope="module")
 def local_dataset(tmp_path_factory) -> Path:
     """The reference layout written by hand (tests/test_train_ray.py's tiny recipe)."""
-    root = tmp_path_factory.mktemp("tiny-dataset")
-    write_dataset(root, [[1 + (g % 3), 2] if g % 2 else [3] for g in range(12)], split="train")
-    write_dataset(root, [[1]] * 6, split="test")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny-dataset"))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 
 from click.testing import CliRunner  # noqa: E402
 
-from datasets_util import write_dataset  # noqa: E402
+from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray.checkpoint import load_checkpoint  # noqa: E402
 from trm_ray.cli.main import main  # noqa: E402
@@ -64,11 +64,7 @@ def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
 @pytest.fixture(scope="module")
 def reference_dataset(tmp_path_factory) -> Path:
     """Reference layout, written by hand: 12 groups of 1-2 variants with 1-3 examples, a test split."""
-    root = tmp_path_factory.mktemp("reference-layout")
-    groups = [[1 + (g % 3), 2] if g % 2 else [3] for g in range(12)]
-    write_dataset(root, groups, split="train")
-    write_dataset(root, [[1]] * 6, split="test")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("reference-layout"))
 
 
 # --------------------------------------------------------------------------------------------
