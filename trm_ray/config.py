@@ -138,6 +138,11 @@ class TrackingConfig(_Strict):
     mode: Optional[Literal["online", "offline", "disabled"]] = Field(
         None, description="W&B mode; None: online with credentials, offline without."
     )
+    tags: list[str] = Field(default_factory=list, description="Extra W&B tags (dataset, arch and sweep are added).")
+    log_checkpoints: Literal["best", "all", "none"] = Field(
+        "none", description="Log checkpoints as W&B artifacts: the best one, every one, or none (a reference "
+        "artifact pointing at the storage URI when the run folder is on object storage)."
+    )
 
 
 # --------------------------------------------------------------------------------------------
