@@ -53,3 +53,16 @@ def test_ray_data_eval_equals_in_process(tmp_path, ray_session):
     outputs = np.load(outdir / "outputs.npz")
     for name in ("puzzle_identifiers", "preds", "q_halt_logits"):
         assert np.array_equal(outputs[f"all__{name}"], local.outputs["all"][name]), name
+
+
+def test_one_batch_on_ray_is_one_global_batch(tmp_path, ray_session):
+    """--one-batch means one global batch (batch size x workers), as in this process with the
+    same global batch: the first rows of the set, in dataset order."""
+    dataset = write_arc_test_split(tmp_path / "arc")
+    (tmp_path / "ckpt").mkdir()
+    trm_ray.save_checkpoint(tiny_model(ARC_SHAPE, seed=2), tmp_path / "ckpt")
+    on_ray = evaluate_checkpoint(tmp_path / "ckpt", dataset, batch_size=2, num_workers=2, one_batch=True,
+                                 save_outputs=("puzzle_identifiers", "inputs"))
+    all_rows = np.load(dataset / "test" / "all__inputs.npy")
+    assert on_ray.num_examples == 4
+    assert np.array_equal(on_ray.outputs["all"]["inputs"], all_rows[:4])
