@@ -32,6 +32,15 @@ Examples:
 """
 
 
+def _reject_multirun(args: tuple[str, ...]) -> None:
+    """Hydra's -m/--multirun launches one run per combination; trm-ray sweeps with Ray Tune."""
+    flags = [arg for arg in args if arg in ("-m", "--multirun")]
+    if flags:
+        raise click.ClickException(f"{flags[0]}: hydra's multirun is not supported by trm-ray train; put the "
+                                   f"values to sweep in a sweep file's search_space (examples in "
+                                   f"experiments/sweeps/) and run `trm-ray sweep FILE`")
+
+
 def _split_args(args: tuple[str, ...]) -> tuple[Optional[str], list[str]]:
     """RECIPE (the first argument without '=') and the key=value overrides."""
     if args and "=" not in args[0]:
@@ -98,9 +107,11 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
     """
     from trm_ray import storage
     from trm_ray.checkpoint import CheckpointError
-    from trm_ray.config import ConfigError, apply_overrides, build, read_yaml, to_yaml, TrainConfig
+    from trm_ray.config import ConfigError, apply_overrides, build, set_key, to_yaml, TrainConfig
     from trm_ray.data.layout import DatasetError
+    from trm_ray.overrides import load_recipe
 
+    _reject_multirun(args)
     recipe, overrides = _split_args(args)
     try:
         if resume_dir is not None:
@@ -112,18 +123,16 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
             if not found:
                 raise ConfigError(f"--resume {resume_dir}: no config.yaml there; pass the run folder "
                                   f"(<ray.storage_path>/<run_name>) of a run started by `trm-ray train`")
-            data = read_yaml(recipe) if recipe else _read_saved_config(saved)
-            data.pop("defaults", None)
+            data = load_recipe(recipe, overrides) if recipe else apply_overrides(_read_saved_config(saved), overrides)
             # The run's identity comes from the folder, whatever the recipe says.
-            overrides = overrides + [f"run_name={run_name}", f"ray.storage_path={storage_path}"]
+            data = set_key(set_key(data, "run_name", run_name), "ray.storage_path", storage_path)
             source = str(recipe or saved)
         else:
             if recipe is None:
                 raise ConfigError("give a recipe: trm-ray train RECIPE.yaml [key=value ...] (see experiments/)")
-            data = read_yaml(recipe)
-            data.pop("defaults", None)
+            data = load_recipe(recipe, overrides)
             source = recipe
-        config = build(TrainConfig, apply_overrides(data, overrides), source)
+        config = build(TrainConfig, data, source)
         if not config.run_name:
             stem = Path(recipe).stem if recipe else "run"
             config = build(TrainConfig, {**config.model_dump(), "run_name": f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"},

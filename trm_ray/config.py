@@ -1,9 +1,9 @@
 """One typed config tree for trm-ray: pydantic models, YAML recipes, `key=value` overrides.
 
 Hyperparameters keep the reference names (TRM_SPEC 1, DESIGN "Conventions"), so a reference
-command line's overrides work unchanged:
+command line's overrides work unchanged (hydra's grammar and composition: trm_ray/overrides.py):
 
-    cfg = load_train_config("experiments/sudoku-mlp.yaml", ["arch.L_cycles=6", "lr=1e-4"])
+    cfg = load_train_config("experiments/sudoku-mlp.yaml", ["arch=trm", "arch.L_cycles=6", "lr=1e-4"])
 
 Ray-only settings live under `ray.*`, checkpointing under `checkpoint.*`, W&B under `tracking.*`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -207,25 +208,19 @@ class TrainConfig(_Strict):
 # YAML + overrides
 # --------------------------------------------------------------------------------------------
 def parse_value(text: str) -> Any:
-    """A `key=value` right-hand side as YAML would read it (numbers, bools, lists, null)."""
-    try:
-        return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        return text
+    """A `key=value` right-hand side typed as hydra types it: true/false, ints, floats (1e-4),
+    null, [lists], {dicts}; anything else (yes, 2024-01-01, 12:30) stays a string."""
+    from trm_ray.overrides import parse_value as parse
+
+    return parse(text)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (hydra style, `+`/`++` prefixes accepted) to nested dicts."""
-    data = _deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. arch.L_cycles=6)")
-        key, value = item.split("=", 1)
-        key = key.lstrip("+").strip()
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
-        data = set_key(data, key, parse_value(value), source=f"override {item!r}")
-    return data
+    """Apply hydra overrides (`a.b.c=value`, `+key=`, `++key=`, `arch=<group>`) to nested dicts;
+    `${oc.env:VAR}` and key references are resolved afterwards."""
+    from trm_ray.overrides import compose
+
+    return compose(data, list(overrides))
 
 
 def set_key(data: dict[str, Any], dotted: str, value: Any, source: str = "") -> dict[str, Any]:
@@ -252,12 +247,35 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as hydra (OmegaConf) reads a config file: `1e-4` is a float (plain YAML 1.1 reads a
+    string) and dates stay strings, so a reference config means the same here."""
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """Quotes every string that RecipeLoader or plain YAML would read back as something else
+    (run_name '1e-4', '2024-01-01')."""
+
+
+def _use_hydra_scalars(cls: type, keep_dates: bool) -> None:
+    cls.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if keep_dates or tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    cls.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+
+
+_use_hydra_scalars(RecipeLoader, keep_dates=False)
+_use_hydra_scalars(RecipeDumper, keep_dates=True)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML recipe path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -285,11 +303,12 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str = "") -> Any
 
 
 def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
-    data = read_yaml(path) if path is not None else {}
-    data.pop("defaults", None)  # hydra's composition list in reference configs
-    data = apply_overrides(data, list(overrides))
+    """A recipe (trm-ray's or the reference's cfg_pretrain.yaml layout) with hydra overrides."""
+    from trm_ray.overrides import compose, load_recipe
+
+    data = load_recipe(path, list(overrides)) if path is not None else compose({}, list(overrides))
     return build(TrainConfig, data, str(path) if path else "")
 
 
 def to_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(config.model_dump(mode="json"), Dumper=RecipeDumper, sort_keys=False)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from trm_ray.config import ConfigError, TrainConfig, build
+from trm_ray.config import ConfigError, TrainConfig, build, to_yaml
 from trm_ray.storage import StorageError
 from trm_ray.tune.records import TrialHistory, read_records, read_sweep_info, trial_histories
 
@@ -162,7 +162,7 @@ def write_best_config(summary: SweepSummary, path: str | os.PathLike) -> TrainCo
               f"{' (stopped early)' if winner.history.stopped_early else ''}\n"
               f"#   trm-ray train {path}\n")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    Path(path).write_text(header + to_yaml(config))
     return config
 
 

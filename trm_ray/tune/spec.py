@@ -45,6 +45,7 @@ from trm_ray.config import (
     set_key,
 )
 from trm_ray.data.layout import is_uri
+from trm_ray.overrides import load_recipe
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -198,8 +199,7 @@ def load_sweep_spec(path: str | os.PathLike, overrides: Sequence[str] = (),
         base_path = Path(spec.base)  # also accept a path relative to the working directory
     if not base_path.is_file():
         raise ConfigError(f"{path}: base recipe {spec.base!r} does not exist (paths are relative to the sweep file)")
-    data = read_yaml(base_path)
-    data.pop("defaults", None)
+    data = load_recipe(base_path)  # the reference layout too: defaults list, arch groups, ${oc.env:...}
     if isinstance(spec.overrides, list):
         data = apply_overrides(data, spec.overrides)
     else:
