@@ -196,8 +196,12 @@ def _checkpoint_of_run(checkpoint: str) -> str:
     """A run folder (what `trm-ray train` prints as `run folder:`) stands for its best
     checkpoint, else its last one; anything else is returned as given."""
     from trm_ray.checkpoint import CheckpointError
+    from trm_ray.hub import as_hub_uri
     from trm_ray.train.trainer import run_started, summarize
 
+    hub = as_hub_uri(checkpoint)
+    if hub is not None:  # a Hub checkpoint is never a run folder; asking the Hub would fail offline
+        return hub
     if not run_started(checkpoint.rstrip("/")):
         return checkpoint
     run = summarize(checkpoint.rstrip("/"))

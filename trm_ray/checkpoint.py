@@ -8,6 +8,7 @@ config inside that YAML, so either side can load the other's weights:
     save_checkpoint(model, "runs/x/step_100", config)   # writes step_100 + all_config.yaml
     model = load_checkpoint("runs/x/step_100")           # or a published reference file
     model = load_checkpoint("s3://bucket/runs/x/checkpoint_0000040")   # any storage URI
+    model = load_checkpoint("hf://owner/repo@rev/path/step_100")       # the Hugging Face Hub (trm_ray.hub)
 
 Checkpoints are data, never code: `torch.load(weights_only=True)` only.
 """
@@ -47,6 +48,18 @@ class CheckpointError(ValueError):
 T = TypeVar("T")
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """A checkpoint that is fetched before loading: a storage URI (s3://...) or a Hub path
+    (hf://owner/repo/..., or a bare owner/repo/... naming no local file: trm_ray.hub)."""
+    return storage.is_uri(path) or _is_hub_path(path)
+
+
+def _is_hub_path(path: str | os.PathLike) -> bool:
+    from trm_ray import hub  # hub imports this module
+
+    return hub.is_hub_path(path)
+
+
 @contextlib.contextmanager
 def local_checkpoint(path: str | os.PathLike, extra: tuple[str, ...] = ()) -> Iterator[Path]:
     """A local path for the checkpoint at `path` for the duration of the block.
@@ -54,7 +67,13 @@ def local_checkpoint(path: str | os.PathLike, extra: tuple[str, ...] = ()) -> It
     Local paths are themselves. For a URI only what loading needs is fetched, into a temporary
     folder: of a trm-ray checkpoint folder its model.pt and all_config.yaml (plus the `extra`
     files, e.g. train_state.pt), yielded as a folder; of a reference weights file the file and
-    the all_config.yaml beside it. A checkpoint that is not there is a CheckpointError."""
+    the all_config.yaml beside it. A Hub path is fetched the same way into the Hugging Face
+    cache and used there (trm_ray.hub). A checkpoint that is not there is a CheckpointError."""
+    if _is_hub_path(path):
+        from trm_ray import hub
+
+        yield hub.fetch(path, extra).local
+        return
     if not storage.is_uri(path):
         yield Path(path)
         return
@@ -76,6 +95,8 @@ def local_checkpoint(path: str | os.PathLike, extra: tuple[str, ...] = ()) -> It
 
 def with_local_checkpoint(path: str | os.PathLike, load: Callable[[Path], T], extra: tuple[str, ...] = ()) -> T:
     """load(local path) for a checkpoint anywhere; errors name `path`, not the temporary copy."""
+    if _is_hub_path(path):
+        return _with_hub_checkpoint(path, load, extra)
     if not storage.is_uri(path):
         return load(Path(path))
     uri = str(path).rstrip("/")
@@ -86,6 +107,18 @@ def with_local_checkpoint(path: str | os.PathLike, load: Callable[[Path], T], ex
             # the temporary folder stands for the URI's folder (or, for a file, the one holding it)
             local_root, remote_root = (local, uri) if local.is_dir() else (local.parent, uri.rsplit("/", 1)[0])
             raise type(error)(str(error).replace(str(local_root), remote_root)) from None
+
+
+def _with_hub_checkpoint(path: str | os.PathLike, load: Callable[[Path], T], extra: tuple[str, ...]) -> T:
+    from trm_ray import hub
+
+    fetched = hub.fetch(path, extra)
+    try:
+        return load(fetched.local)
+    except (CheckpointError, ConfigError) as error:
+        # the cached snapshot stands for the repo at that revision
+        repo_root = hub.HubPath(fetched.hub_path.repo_id, "", fetched.hub_path.revision).uri
+        raise type(error)(str(error).replace(str(fetched.root), repo_root)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,8 +135,8 @@ def resolve_weights_file(path: str | os.PathLike) -> Path:
 
 
 def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """The state dict at `path` (a local path or a URI) with any `_orig_mod.` prefix removed."""
-    if storage.is_uri(path):
+    """The state dict at `path` (a local path, a URI or a Hub path) with any `_orig_mod.` prefix removed."""
+    if is_remote(path):
         return with_local_checkpoint(path, lambda local: read_state_dict(local, map_location))
     path = resolve_weights_file(path)
     try:
@@ -227,10 +260,11 @@ def load_checkpoint(path: str | os.PathLike, config: Any = None, map_location: A
 
     config: None (read all_config.yaml beside the file), a TrainConfig/ArchConfig, a dict or a
     YAML path. Recursion settings come from it; every width the tensors fix comes from them.
-    path may be a URI (s3://...): what loading needs is fetched to a temporary folder."""
+    path may be a URI (s3://...): what loading needs is fetched to a temporary folder; or a Hub
+    path (hf://owner/repo[@revision]/path, trm_ray.hub): fetched into the Hugging Face cache."""
     from trm_ray.model import build_model
 
-    if storage.is_uri(path):
+    if is_remote(path):
         return with_local_checkpoint(path, lambda local: load_checkpoint(local, config, map_location))
     state = read_state_dict(path, map_location="cpu")
     if config is None:

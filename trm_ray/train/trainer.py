@@ -50,7 +50,7 @@ CONFIG_FILE = "config.yaml"
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # Environment variables the workers get from the driver (dataset cache, test hooks).
 FORWARDED_ENV = ("TRM_RAY_CACHE", FAULT_ENV, "WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_BASE_URL",
-                 "WANDB_SILENT")
+                 "WANDB_SILENT", "HF_ENDPOINT", "HF_HUB_OFFLINE")  # HF_TOKEN: a node's own, like cloud keys
 # Each ray.train.report waits for one controller poll (2 s by default): 0.5 s keeps periodic
 # train reports cheap without loading the controller. A value the user sets wins.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
@@ -111,7 +111,16 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
         "data_paths_test": [_absolute(p) for p in config.data_paths_test],
         "ray": config.ray.model_copy(update={"storage_path": _absolute(config.ray.storage_path)}),
     }
-    if config.load_checkpoint:
+    from trm_ray import hub
+
+    if config.load_checkpoint and hub.is_hub_path(config.load_checkpoint):
+        # Fetched now (a missing one fails before Ray starts) and pinned to the commit fetched,
+        # so every worker loads the same weights and the run's config.yaml records which.
+        try:
+            update["load_checkpoint"] = hub.pinned_uri(config.load_checkpoint)
+        except hub.HubCheckpointError as error:
+            raise ConfigError(f"load_checkpoint={config.load_checkpoint!r}: {error.reason}") from None
+    elif config.load_checkpoint:
         update["load_checkpoint"] = _absolute(config.load_checkpoint)
         try:
             found = storage.exists(update["load_checkpoint"])
