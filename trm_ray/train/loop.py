@@ -126,6 +126,14 @@ def append_metrics(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     storage.append_text(path, json.dumps(json_safe(record)) + "\n")
 
 
+def kept_checkpoint(session: Session, step: int) -> Optional[str]:
+    """Where the session keeps the checkpoint reported at `step`: <run_dir>/checkpoint_<step>
+    (a path or a URI), for the tracker's artifacts; None when it keeps none."""
+    if session.run_dir is None or not getattr(session, "keep_checkpoints", True):
+        return None
+    return storage.join(session.run_dir, checkpoint_dir_name(step))
+
+
 # --------------------------------------------------------------------------------------------
 # Pieces of the loop
 # --------------------------------------------------------------------------------------------
@@ -424,6 +432,9 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
                         else contextlib.nullcontext() as tmp:
                     if tmp is not None:
                         write_checkpoint(Path(tmp), state, config, shape, train_loader, fingerprint)
+                        # before report(): the session may move the folder away
+                        tracker.checkpoint_saved(state.step, Path(tmp), kept_checkpoint(session, state.step),
+                                                 report.get(EVAL_METRIC))
                     session.report(report, Path(tmp) if tmp is not None else None)
             else:
                 session.report(report, None)
@@ -431,6 +442,7 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
             window_start, window_steps = time.perf_counter(), 0  # throughput excludes eval + checkpoint
             if done:
                 break
+        tracker.training_finished()
     finally:
         progress.close()
         tracker.finish()

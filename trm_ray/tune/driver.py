@@ -30,6 +30,7 @@ from trm_ray.tune.records import (
     read_sweep_info,
     sweep_started,
     trial_histories,
+    trial_outcome,
     upload_records,
     write_sweep_info,
 )
@@ -69,6 +70,18 @@ def _eval_report_callback(eval_interval: int):
     return EvalReportCallback(eval_interval)
 
 
+def trial_train_config(context: dict[str, Any], trial_id: str, params: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a trial trains: the base recipe with its values, its Train run named by
+    the trial id under <sweep>/train/, its W&B run in the sweep's group."""
+    data = context["trial_base"]
+    for key, value in params.items():
+        data = set_key(data, key, value)
+    data = set_key(data, "run_name", trial_id)
+    data = set_key(data, "ray.storage_path", storage.join(context["sweep_dir"], TRAIN_DIR))
+    data = set_key(data, "tracking.group", context["sweep_name"])
+    return build(TrainConfig, data, f"trial {trial_id}")
+
+
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the trial's TrainConfig, trained by the train issue's `fit` (a TorchTrainer)."""
     from ray import tune
@@ -86,13 +99,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         # hand Tune the last result again instead of training (or resuming a stopped trial).
         tune.report({**finished, REPLAYED_KEY: 1, "time_this_iter_s": 0.0})
         return
-    data = context["trial_base"]
-    for key, value in config["trial"]["params"].items():
-        data = set_key(data, key, value)
-    data = set_key(data, "run_name", trial_id)
-    data = set_key(data, "ray.storage_path", storage.join(context["sweep_dir"], TRAIN_DIR))
-    data = set_key(data, "tracking.group", context["sweep_name"])
-    train_config = build(TrainConfig, data, f"trial {trial_id}")
+    train_config = trial_train_config(context, trial_id, config["trial"]["params"])
     run_dir = run_dir_of(train_config)
     # A trial Tune resumes (driver restarted) continues its Train run from its last checkpoint.
     resume = run_started(run_dir)
@@ -303,6 +310,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
             )
         results = tuner.fit()
         upload_records(sweep_dir)  # the upload after the last record may have failed: retry it once more
+        record_outcomes_in_wandb(sweep_dir, context, log)
         if results.errors:
             failed = [r.path.rstrip("/").rsplit("/", 1)[-1] for r in results if r.error is not None]
             raise SweepError(f"{len(failed)} trial(s) failed ({', '.join(failed[:5])}); their errors are above and "
@@ -316,6 +324,30 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
         if started:
             ray.shutdown()
     return sweep_dir
+
+
+def record_outcomes_in_wandb(sweep_dir: str, context: dict[str, Any], log: Callable[[str], None] = print) -> int:
+    """ASHA's decision on every finished trial (records.trial_outcome: tune/stopped_early, the
+    epoch it stopped at, ...) added to the summary of the trial's W&B run, which ended before
+    the driver learnt it; the trial's recorded results complete that summary (a trial ASHA
+    stops is killed before its W&B run is finished). Returns how many runs were updated."""
+    from trm_ray.tracking import add_to_summary
+    from trm_ray.train.trainer import run_dir_of
+
+    updated = 0
+    for trial_id, history in trial_histories(read_records(sweep_dir)).items():
+        outcome = trial_outcome(history)
+        if outcome is None:
+            continue
+        config = trial_train_config(context, trial_id, history.params)
+        results = sorted(history.results, key=lambda r: r.get("epoch") or 0)
+        try:
+            updated += add_to_summary(config, run_dir_of(config), outcome, results=results)
+        except OSError as error:  # the trial's folder unreadable: its W&B run only lacks the outcome
+            log(f"trm-ray: W&B: trial {trial_id}: outcome not recorded: {str(error).splitlines()[0]}")
+    if updated:
+        log(f"trm-ray: W&B: ASHA's decisions added to the summaries of {updated} trial run(s)")
+    return updated
 
 
 def _storage_problem(sweep: Sweep, error: OSError) -> str:

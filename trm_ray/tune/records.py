@@ -205,6 +205,23 @@ class TrialHistory:
         return int(max((r.get("epoch") or 0 for r in self.results), default=0))
 
 
+def trial_outcome(history: TrialHistory) -> Optional[dict[str, Any]]:
+    """What ASHA decided about a finished trial, as keys of its W&B run's summary; None
+    while it has not finished (pending, running).
+        tune/status           complete | stopped | error
+        tune/stopped_early    True: ASHA stopped it at a rung; False: it ran to max_t
+        tune/stopped_at_epoch the epoch of its last result, for a trial stopped early
+        tune/epochs_run       the last epoch it reported"""
+    if history.status not in ("complete", "stopped", "error"):
+        return None
+    outcome: dict[str, Any] = {"tune/status": history.status, "tune/epochs_run": history.epochs_run}
+    if history.status != "error":
+        outcome["tune/stopped_early"] = history.stopped_early
+    if history.stopped_early:
+        outcome["tune/stopped_at_epoch"] = history.epochs_run
+    return outcome
+
+
 def trial_histories(records: list[dict[str, Any]]) -> dict[str, TrialHistory]:
     """Fold the records into one history per trial, in the order trials were added."""
     trials: dict[str, TrialHistory] = {}
