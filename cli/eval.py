@@ -117,10 +117,11 @@ def _fork_only_options(command: Any) -> Any:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass, per worker.")
 @click.option("--global-batch-size", type=int, help="Rows per forward pass over all workers (instead of --batch-size): split evenly over --num-workers.")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), help="ARC: render a few predictions beside input and truth.")
+@click.option("--wandb/--no-wandb", "track", default=True, show_default=True, help="Record the evaluation as a W&B run (job_type eval, with the training run's project, group and tags when the checkpoint is in a run folder); offline files under OUTDIR/wandb without credentials.")
 @_fork_only_options
 def eval_command(checkpoint: str, config_path: Optional[str], dataset: str, ema: bool, one_batch: bool,
                  outdir: Optional[str], overwrite: bool, save_outputs: str, num_workers: int, use_gpu: bool,
-                 batch_size: int, global_batch_size: Optional[int], png_path: Optional[str]) -> None:
+                 batch_size: int, global_batch_size: Optional[int], png_path: Optional[str], track: bool) -> None:
     """Evaluate CHECKPOINT on DATASET: per-set exact accuracy with 95% intervals, token accuracy,
     ARC pass@K and submission.json on ARC datasets. Files are written only when the whole
     evaluation succeeded. Command lines of the alphaXiv fork's run_eval_only.py run as they are
@@ -135,6 +136,7 @@ def eval_command(checkpoint: str, config_path: Optional[str], dataset: str, ema:
     batch_size = _per_worker_batch_size(batch_size, batch_size_given, global_batch_size, num_workers)
     try:
         config = _run_config(config_path) if config_path else None
+        given = checkpoint
         checkpoint = _checkpoint_of_run(checkpoint)
         outdir = outdir or f"eval-{Path(checkpoint.rstrip('/')).name}"
         if storage.exists(outdir) and not overwrite:
@@ -154,6 +156,37 @@ def eval_command(checkpoint: str, config_path: Optional[str], dataset: str, ema:
     except (CheckpointError, DatasetError, ConfigError, ValueError, FileExistsError, OSError) as error:
         raise click.ClickException(one_line(str(error))) from None
     click.echo(f"wrote {written}" + (f" and {png_path}" if png_path else ""))
+    if track:
+        from trm_ray.tracking import track_eval
+
+        where = track_eval(run.metrics, checkpoint=checkpoint, dataset=dataset, outdir=outdir,
+                           config=_training_recipe(given, checkpoint))
+        if where:
+            click.echo(f"W&B eval run: {where}")
+
+
+def _training_recipe(given: str, checkpoint: str):
+    """The TrainConfig of the run the checkpoint comes from (the run folder given, or the one
+    holding the checkpoint), so its W&B eval run shares the training run's project and tags;
+    None for a checkpoint outside a run folder (a reference file, a Hub path)."""
+    from trm_ray import storage
+    from trm_ray.config import ConfigError, TrainConfig, build
+    from trm_ray.hub import as_hub_uri
+    from trm_ray.train.trainer import CONFIG_FILE, run_started
+
+    if as_hub_uri(checkpoint) is not None:
+        return None
+    checkpoint = checkpoint.rstrip("/")
+    holder = checkpoint.rsplit("/", 1)[0] if storage.is_uri(checkpoint) else str(Path(checkpoint).parent)
+    for folder in (given.rstrip("/"), holder):
+        try:
+            if run_started(folder) and storage.is_file(storage.join(folder, CONFIG_FILE)):
+                from trm_ray.cli.train import _read_saved_config
+
+                return build(TrainConfig, _read_saved_config(storage.join(folder, CONFIG_FILE)))
+        except (ConfigError, storage.StorageError, OSError):
+            return None
+    return None
 
 
 def _per_worker_batch_size(batch_size: int, batch_size_given: bool, global_batch_size: Optional[int],
@@ -196,12 +229,11 @@ def _checkpoint_of_run(checkpoint: str) -> str:
     """A run folder (what `trm-ray train` prints as `run folder:`) stands for its best
     checkpoint, else its last one; anything else is returned as given."""
     from trm_ray.checkpoint import CheckpointError
-    from trm_ray.hub import as_hub_uri
+    from trm_ray.hub import is_hub_path
     from trm_ray.train.trainer import run_started, summarize
 
-    hub = as_hub_uri(checkpoint)
-    if hub is not None:  # a Hub checkpoint is never a run folder; asking the Hub would fail offline
-        return hub
+    if is_hub_path(checkpoint):  # never a run folder; asking the Hub whether it is would fail offline
+        return checkpoint
     if not run_started(checkpoint.rstrip("/")):
         return checkpoint
     run = summarize(checkpoint.rstrip("/"))

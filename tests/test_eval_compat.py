@@ -22,6 +22,7 @@ from trm_ray.cli.main import main as cli
 from trm_ray.config import DataShape
 
 from test_eval import SEQ, VOCAB, make_scored_dataset, tiny_model, write_split
+from test_tracking_wandb import log_records, of_kind, offline, run_files, summary_of  # noqa: F401 (offline: a fixture)
 
 Z = 1.96  # the fork's run_eval_only.py uses 1.96 for its 95% intervals
 WILSON_LINE = re.compile(r"^  (\S+)\.exact_accuracy 95% Wilson CI \[(\d+\.\d\d)%, (\d+\.\d\d)%\] \(N=(\d+)\)$")
@@ -43,9 +44,11 @@ def setup(tmp_path_factory):
     return {"dataset": dataset, "checkpoint": folder, "ema": ema_model, "live": live_model}
 
 
-def run_eval(setup, outdir: Path, *args: str, checkpoint=None, dataset=None):
+def run_eval(setup, outdir: Path, *args: str, checkpoint=None, dataset=None, wandb: bool = False):
+    # W&B off unless a test is about it: an offline run costs seconds and says nothing about flags
     result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(checkpoint or setup["checkpoint"]),
-                                      "--dataset", str(dataset or setup["dataset"]), "--outdir", str(outdir), *args])
+                                      "--dataset", str(dataset or setup["dataset"]), "--outdir", str(outdir), *args,
+                                      *([] if wandb else ["--no-wandb"])])
     return result
 
 
@@ -282,3 +285,34 @@ def test_help_lists_the_aliases_with_their_main_flag():
     options = help_text.split("Options:")[1].split("Examples:")[0]
     for hidden in ("--ema-shadow", "--repeats", "--seed-start", "--no-eval-only", "--bf16", "--nproc"):
         assert hidden not in options, hidden  # accepted or refused, but not listed
+
+
+# --------------------------------------------------------------------------------------------
+# The eval as a W&B run
+# --------------------------------------------------------------------------------------------
+def test_eval_of_a_run_checkpoint_is_a_wandb_eval_run_beside_the_training_run(tmp_path, setup, offline):
+    """A checkpoint inside a run folder: the eval run takes the training run's project and tags
+    and holds exactly the metrics metrics.json holds."""
+    from trm_ray.config import TrainConfig, to_yaml
+
+    run = tmp_path / "runs" / "sudoku-a"
+    shutil.copytree(setup["checkpoint"], run / "checkpoint_0000007")
+    recipe = TrainConfig(run_name="sudoku-a", data_paths=[str(setup["dataset"])],
+                         tracking={"project": "my-proj", "tags": ["paper"]})
+    (run / "config.yaml").write_text(to_yaml(recipe))
+    result = ok(run_eval(setup, tmp_path / "out", "--num-workers", "0", checkpoint=run / "checkpoint_0000007",
+                         wandb=True))
+    [log] = run_files(tmp_path / "out")
+    assert f"W&B eval run: {log.parent}" in result.output
+    records = log_records(log.read_bytes())
+    [header] = of_kind(records, "run")
+    assert (header.job_type, header.project, header.display_name) == ("eval", "my-proj",
+                                                                     "eval-sudoku-a-checkpoint_0000007")
+    assert "paper" in header.tags
+    metrics = written(tmp_path / "out")[0]["metrics"]
+    summary = summary_of(records)
+    assert {k: summary[k] for k in metrics} == metrics
+
+    # --no-wandb: nothing of W&B's
+    ok(run_eval(setup, tmp_path / "quiet", "--num-workers", "0"))
+    assert not (tmp_path / "quiet" / "wandb").exists()

@@ -78,10 +78,11 @@ def load_eval_model(checkpoint: str | os.PathLike, ema: bool = True, config: Any
     evaluates with: the EMA weights when the run had ema=true. ema=False picks the live
     weights instead, from the folder's train_state.pt ("model" entry); a checkpoint that
     holds only one set of weights is an error with ema=False. A URI (s3://...) is fetched
-    to a temporary folder first (train_state.pt only with ema=False)."""
-    from trm_ray.checkpoint import load_checkpoint, with_local_checkpoint
+    to a temporary folder first, a Hub path into the Hugging Face cache (train_state.pt only
+    with ema=False)."""
+    from trm_ray.checkpoint import is_remote, load_checkpoint, with_local_checkpoint
 
-    if layout.is_uri(checkpoint):
+    if is_remote(checkpoint):  # a storage URI or a Hub path (bare owner/repo/... too)
         return with_local_checkpoint(checkpoint, lambda local: load_eval_model(local, ema, config),
                                      extra=() if ema else (LIVE_WEIGHTS_FILE,))
     model = load_checkpoint(checkpoint, config=config)
