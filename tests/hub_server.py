@@ -464,13 +464,9 @@ class HubServer:
         self.request(f"/_admin/gate/{repo_id}", method="POST")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        from process_util import stop_process
+
+        stop_process(self.process)
 
 
 if __name__ == "__main__":

@@ -109,10 +109,6 @@ class S3Server:
         self._client("s3").put_object(Bucket=bucket, Key=key, Body=data)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        from process_util import stop_process
+
+        stop_process(self.process)
