@@ -66,7 +66,7 @@ def data() -> None:
 @click.option("--aug/--no-aug", default=None, help="Maze: add the 8 dihedral variants of each train maze.")
 @click.option("--num-train", type=int, help="generate: train puzzles.")
 @click.option("--num-test", type=int, help="generate: test puzzles (never equal to a train puzzle).")
-@click.option("--size", type=int, help="generate: Sudoku side (4, 9) or maze side n.")
+@click.option("--size", type=int, help="generate: Sudoku side (4, 6, 9) or maze side n.")
 @click.option("--min-clues", type=int, help="generate Sudoku: stop removing clues at this many (0: minimal puzzles).")
 @click.option("--max-clues", type=int, help="generate Sudoku: draw each puzzle's clue target from [min-clues, max-clues].")
 @click.option("--loop-prob", type=float, help="generate Maze: chance of knocking out each extra wall.")

@@ -102,11 +102,10 @@ def _call(item: tuple) -> Any:
 def _side(rows: list[CsvRow], kind: str) -> int:
     length = len(rows[0].question)
     side = int(round(math.sqrt(length)))
-    box = int(round(math.sqrt(side)))
-    if side * side != length or (kind == "sudoku" and box * box != side):
+    if side * side != length or (kind == "sudoku" and side not in sudoku_lib.VALID_SIDES):
         raise DatasetBuildError(
             f"{rows[0].where}: question has {length} cells, not a square {kind} grid"
-            + (" (81 for 9x9, 16 for 4x4)" if kind == "sudoku" else "")
+            + (" (81 for 9x9, 36 for 6x6, 16 for 4x4)" if kind == "sudoku" else "")
         )
     return side
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trm_ray.config import build, read_yaml
+from trm_ray.data import sudoku as sudoku_lib
 
 Kind = Literal["arc", "sudoku", "maze"]
 
@@ -37,7 +38,7 @@ class GenerateConfig(_Strict):
         200, ge=0, description="Puzzles in the test split; never a train puzzle nor (4x4 Sudoku, mazes) a shuffle of one."
     )
     size: Optional[int] = Field(
-        None, ge=2, le=30, description="Side: Sudoku 4 or 9 (default 9), maze n for n x n (default 30)."
+        None, ge=2, le=30, description="Side: Sudoku 4, 6, 8 or 9 (default 9), maze n for n x n (default 30)."
     )
     min_clues: int = Field(0, ge=0, description="Sudoku: stop removing clues at this many (0: minimal puzzles).")
     max_clues: Optional[int] = Field(
@@ -105,6 +106,8 @@ class DatasetRecipe(_Strict):
             raise ValueError("maze has no num_aug; set aug: true for the 8 dihedral variants")
         if self.kind != "maze" and self.aug:
             raise ValueError(f"aug applies to maze only; {self.kind} uses num_aug")
+        if self.kind == "sudoku" and self.generate.size is not None:
+            _check_sudoku_side(self.generate.size)
         return self
 
     @property
@@ -130,6 +133,14 @@ class DatasetRecipe(_Strict):
         if self.name:
             return os.path.join("data", self.name)
         return DEFAULT_OUTPUT_DIR[self.kind]
+
+
+def _check_sudoku_side(n: int) -> None:
+    """Sides whose boxes split as sudoku.box_shape wants, and whose digits fit one CSV character each."""
+    sides = [side for side in sudoku_lib.VALID_SIDES if side <= sudoku_lib.MAX_TEXT_SIDE]
+    if n not in sides:
+        listed = ", ".join(map(str, sides[:-1])) + f" or {sides[-1]}"
+        raise ValueError(f"generate.size={n} is not a Sudoku side: use {listed} (boxes of r x c cells, 2 <= r <= c)")
 
 
 def load_recipe(path: str | os.PathLike | None = None, overrides: Optional[dict[str, Any]] = None) -> DatasetRecipe:

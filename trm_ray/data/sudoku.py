@@ -1,7 +1,9 @@
 """Sudoku: a plain solver, a unique-solution puzzle generator and the token encoding (TRM_SPEC 7).
 
-Boards are (n, n) uint8 arrays with 0 for blank, n = box * box (9x9: box 3; the 4x4
-quickstart: box 2). Tokens: 0 pad, blank -> 1, digit d -> d + 1, so V = n + 2, S = n * n.
+Boards are (n, n) uint8 arrays with 0 for blank. Boxes are r rows x c columns with
+r * c = n, r <= c and as close to square as possible (see box_shape): 9x9 has 3x3 boxes,
+the 4x4 quickstart 2x2, 6x6 2x3. Tokens: 0 pad, blank -> 1, digit d -> d + 1, so
+V = n + 2, S = n * n.
 
     board, solution, rating = generate_sudoku(rng_for(0, STREAM_GENERATE_TRAIN, 0), size=9)
     count, backtracks = count_solutions(board, limit=2)
@@ -23,15 +25,40 @@ class SudokuError(ValueError):
     """A Sudoku that cannot be used (wrong size, contradictory clues, wrong solution)."""
 
 
+def _box_rows(n: int) -> int:
+    """The largest r with 2 <= r <= sqrt(n) dividing n, or 0 when there is none."""
+    return next((r for r in range(int(n**0.5) + 1, 1, -1) if r * r <= n and n % r == 0), 0)
+
+
+# Listed in the error for an unusable side; larger ones follow the same rule.
+VALID_SIDES = tuple(n for n in range(1, 17) if _box_rows(n))
+# The CSV question/answer format writes each digit as one character (parse_board).
+MAX_TEXT_SIDE = 9
+
+
 @lru_cache(maxsize=None)
-def _geometry(n: int) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    box = int(round(n**0.5))
-    if box * box != n or n < 1:
-        raise SudokuError(f"a Sudoku side must be a square number (4, 9, 16...), got {n}")
+def box_shape(n: int) -> tuple[int, int]:
+    """(rows, columns) of the boxes of an n x n Sudoku: r * c = n, r <= c, as square as can be.
+
+    A 1 x n box would repeat the row constraint, so sides with no other split (1..3, primes) raise.
+    """
+    r = _box_rows(n) if n >= 1 else 0
+    if not r:
+        sides = ", ".join(map(str, VALID_SIDES))
+        raise SudokuError(
+            f"a Sudoku side must split into boxes of r x c cells with 2 <= r <= c ({sides}...), got {n}"
+        )
+    return r, n // r
+
+
+@lru_cache(maxsize=None)
+def _geometry(n: int) -> tuple[tuple[int, int], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Box shape and, per flat cell index, its row, column and box (boxes numbered row-major)."""
+    r, c = box_shape(n)
     rows = tuple(i // n for i in range(n * n))
     cols = tuple(i % n for i in range(n * n))
-    boxes = tuple((i // n) // box * box + (i % n) // box for i in range(n * n))
-    return box, rows, cols, boxes
+    boxes = tuple((i // n) // r * (n // c) + (i % n) // c for i in range(n * n))
+    return (r, c), rows, cols, boxes
 
 
 def _search(cells: list[int], n: int, limit: int, rng: Optional[np.random.Generator]) -> tuple[list[list[int]], int]:
@@ -197,7 +224,7 @@ def parse_board(text: str, n: int, blank_ok: bool) -> np.ndarray:
     if len(text) != n * n:
         raise SudokuError(f"has {len(text)} cells, expected {n * n}")
     text = text.replace(".", "0")
-    if not text.isdigit() or (n > 9):
+    if not text.isdigit() or n > MAX_TEXT_SIDE:
         raise SudokuError(f"must hold digits 0-{n} and '.' only")
     board = (np.frombuffer(text.encode(), np.uint8) - ord("0")).reshape(n, n)
     if board.max() > n:

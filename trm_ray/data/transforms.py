@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from trm_ray.data.sudoku import box_shape
+
 # Independent random streams per use, so e.g. a subsample never shifts augmentation draws.
 STREAM_ARC = 1
 STREAM_SUDOKU_AUG = 2
@@ -219,23 +221,26 @@ def arc_encode_puzzle(
 
 
 # ---------------------------------------------------------------------------------------------
-# Sudoku (any box size b: side n = b*b; 9x9 has b = 3, the 4x4 quickstart b = 2)
+# Sudoku (side n = r * c, boxes of r rows x c columns: 9x9 3x3, 4x4 2x2, 6x6 2x3; see box_shape)
 # ---------------------------------------------------------------------------------------------
 def sudoku_shuffle(
     board: np.ndarray, solution: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A validity-preserving relabelling: digits, optional transpose, bands/rows, stacks/columns.
+    """A validity-preserving relabelling: digits, transpose (square boxes only), bands/rows,
+    stacks/columns.
 
-    Boards are (n, n) with 0 for blank; the same transform is applied to both.
+    Boards are (n, n) with 0 for blank; the same transform is applied to both. A band is the
+    r rows of a box row (c bands), a stack the c columns of a box column (r stacks). With
+    r != c a transpose would turn the boxes into c x r, so none is drawn.
     """
     n = board.shape[0]
-    box = int(round(n**0.5))
+    r, c = box_shape(n)
     digit_map = np.concatenate([[0], rng.permutation(np.arange(1, n + 1))]).astype(board.dtype)
-    transpose = rng.random() < 0.5
-    bands = rng.permutation(box)
-    row_perm = np.concatenate([b * box + rng.permutation(box) for b in bands])
-    stacks = rng.permutation(box)
-    col_perm = np.concatenate([s * box + rng.permutation(box) for s in stacks])
+    transpose = r == c and rng.random() < 0.5
+    bands = rng.permutation(n // r)
+    row_perm = np.concatenate([b * r + rng.permutation(r) for b in bands])
+    stacks = rng.permutation(n // c)
+    col_perm = np.concatenate([s * c + rng.permutation(c) for s in stacks])
 
     def apply(grid: np.ndarray) -> np.ndarray:
         if transpose:
@@ -248,9 +253,9 @@ def sudoku_shuffle(
 def sudoku_is_valid_solution(solution: np.ndarray) -> bool:
     """Every row, column and box holds each digit 1..n once."""
     n = solution.shape[0]
-    box = int(round(n**0.5))
+    r, c = box_shape(n)
     want = np.arange(1, n + 1)
-    boxes = solution.reshape(box, box, box, box).transpose(0, 2, 1, 3).reshape(n, n)
+    boxes = solution.reshape(n // r, r, n // c, c).transpose(0, 2, 1, 3).reshape(n, n)
     return all(
         np.array_equal(np.sort(lines, axis=1), np.broadcast_to(want, (n, n))) for lines in (solution, solution.T, boxes)
     )
