@@ -88,16 +88,14 @@ def test_deep_recursion_matches_reference(mlp_t, pos, puzzle_emb_ndim):
     g = torch.Generator().manual_seed(2)
     z_H = torch.randn(4, SEQ + P, D, generator=g)
     z_L = torch.randn(4, SEQ + P, D, generator=g)
-    from trm_ray.model import InnerCarry
-
     with torch.no_grad():
-        carry, logits, (q_halt, q_cont) = inner.deep_recursion(InnerCarry(z_H.clone(), z_L.clone()), batch)
+        carry, logits, (q_halt, q_cont) = inner({"z_H": z_H.clone(), "z_L": z_L.clone()}, batch)
     e_H, e_L, e_logits, e_qh, e_qc = ref.inner_forward(state_of(model), arch, batch["inputs"],
                                                        batch["puzzle_identifiers"], z_H, z_L)
     assert logits.shape == (4, SEQ, VOCAB) and logits.dtype == torch.float32
     assert q_halt.dtype == torch.float32 and q_halt.shape == (4,)
-    close(carry.z_H, e_H)
-    close(carry.z_L, e_L)
+    close(carry["z_H"], e_H)
+    close(carry["z_L"], e_L)
     close(logits, e_logits)
     close(q_halt, e_qh)
     close(q_cont, e_qc)
@@ -121,7 +119,7 @@ def test_new_carry_is_detached_and_gradient_reaches_the_puzzle_scratch():
     inner = model.model.inner
     carry = inner.empty_carry(4, SEQ, torch.device("cpu"))
     new, logits, _ = inner(carry, make_batch())
-    assert not new.z_H.requires_grad and not new.z_L.requires_grad
+    assert not new["z_H"].requires_grad and not new["z_L"].requires_grad
     logits.sum().backward()
     assert inner.puzzle_emb.local_weights.grad is not None
     assert inner.puzzle_emb.local_weights.grad.abs().sum() > 0
@@ -351,7 +349,7 @@ def test_halted_rows_restart_on_fresh_data_others_continue():
     with torch.no_grad():
         carry, *_ = model(model.initial_carry(first), first)
         carry, *_ = model(carry, first)
-        old_H, old_L = carry.inner.z_H.clone(), carry.inner.z_L.clone()
+        old_H, old_L = carry.inner["z_H"].clone(), carry.inner["z_L"].clone()
         mask = torch.tensor([True, False, True, False])
         carry.halted = mask.clone()
         new, _, _, outputs, _ = model(carry, second)
@@ -368,8 +366,8 @@ def test_halted_rows_restart_on_fresh_data_others_continue():
     z_L = torch.where(mask.view(-1, 1, 1), init_L, old_L.double())
     e_H, e_L, e_logits, _, _ = ref.inner_forward(state, arch, new.current_data["inputs"],
                                                  new.current_data["puzzle_identifiers"], z_H, z_L)
-    close(new.inner.z_H, e_H)
-    close(new.inner.z_L, e_L)
+    close(new.inner["z_H"], e_H)
+    close(new.inner["z_L"], e_L)
     close(outputs["logits"], e_logits)
 
 
@@ -389,7 +387,7 @@ def test_q_continue_target_and_loss_without_no_ACT_continue():
         assert "target_q_continue" in outputs
         _, _, _, next_qh, next_qc = ref.inner_forward(state, arch, carry.current_data["inputs"],
                                                       carry.current_data["puzzle_identifiers"],
-                                                      carry.inner.z_H, carry.inner.z_L)
+                                                      carry.inner["z_H"], carry.inner["z_L"])
         raw = next_qh if step == N else torch.maximum(next_qh, next_qc)
         close(outputs["target_q_continue"], ref.sigmoid(raw.numpy()))
         q_cont_loss = ref.bce_with_logits(outputs["q_continue_logits"].numpy(), outputs["target_q_continue"].numpy()).sum()

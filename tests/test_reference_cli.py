@@ -333,6 +333,21 @@ def test_shipped_groups_are_the_reference_values():
     assert mlp == {**trm, "mlp_t": True}
     # ArchConfig's defaults are the trm group
     assert load_train_config(None, ["arch=trm"]) == load_train_config(None, [])
+    # the ablations are TRM's values under their own name
+    for ablation in ("trm_singlez", "trm_hier6"):
+        group = yaml.safe_load((REPO / "trm_ray" / "arch" / f"{ablation}.yaml").read_text())
+        assert group == {**trm, "name": ablation}
+    # the values of the reference's hrm.yaml and transformers_baseline.yaml, written out by hand
+    hrm = load_train_config(None, ["arch=hrm"]).arch
+    assert (hrm.name, hrm.H_cycles, hrm.L_cycles, hrm.H_layers, hrm.L_layers, hrm.hidden_size, hrm.num_heads,
+            hrm.expansion, hrm.puzzle_emb_dim, hrm.puzzle_prefix_len, hrm.pos_encodings, hrm.forward_dtype,
+            hrm.mlp_t, hrm.halt_max_steps, hrm.halt_exploration_prob) == \
+        ("hrm", 2, 2, 4, 4, 512, 8, 4, 512, 1, "rope", "bfloat16", False, 16, 0.1)
+    tf = load_train_config(None, ["arch=transformers_baseline"]).arch
+    assert (tf.name, tf.H_layers, tf.hidden_size, tf.num_heads, tf.head_dim, tf.expansion, tf.puzzle_prefix_len,
+            tf.pos_encodings, tf.forward_dtype, tf.halt_max_steps, tf.halt_exploration_prob, tf.act_enabled,
+            tf.act_inference, tf.compute_target_q) == \
+        ("transformers_baseline", 8, 512, 12, 42, 4, 1, "rope", "bfloat16", 16, 0.1, True, False, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,12 +443,11 @@ QUICKSTART = EXPERIMENTS / "quickstart.yaml"
     ("arch.H_cycles=range(1,4)", "range(...) is a hydra sweep"),
     ("run_name=str(2)", "hydra's function str(...) is not supported; write the value itself"),
     ("-m", "-m: hydra's multirun is not supported; trm-ray train runs one config"),
-    ("arch=hrm", "arch=hrm: the reference's hrm architecture is not in trm-ray yet; available: trm, trm_mlp"),
-    ("arch=trm_hier6", "the reference's trm_hier6 architecture is not in trm-ray yet; available: trm, trm_mlp"),
-    ("arch=transformers_baseline", "transformers_baseline architecture is not in trm-ray yet"),
-    ("arch=trm_singlez", "trm_singlez architecture is not in trm-ray yet"),
-    ("arch=nope", "arch=nope: no architecture group 'nope'; available: trm, trm_mlp (or put arch/nope.yaml beside "
-                  "the recipe)"),
+    ("arch=nope", "arch=nope: no architecture group 'nope'; available: hrm, transformers_baseline, trm, trm_hier6, "
+                  "trm_mlp, trm_singlez (or put arch/nope.yaml beside the recipe)"),
+    (("arch=trm_hier6", "arch.L_cycles=7"), "trm_hier6 has 6 latent slots, one written per latent update; use L_cycles <= 6"),
+    ("arch.name=hrm2", "arch.name='hrm2' is not an architecture trm-ray builds; known: trm, hrm, transformers_baseline, "
+                       "trm_singlez, trm_hier6"),
     ("arch=../trm", "no architecture group '../trm'"),
     ("arch=[trm]", "arch takes an architecture group name (arch=trm)"),
     ("+epochs=3", "override '+epochs=3': epochs is already set (+ only adds a new key); write epochs=... or "
@@ -457,7 +471,7 @@ QUICKSTART = EXPERIMENTS / "quickstart.yaml"
 def test_error_messages(override, message, monkeypatch):
     monkeypatch.delenv("TRM_TEST_UNSET", raising=False)
     with pytest.raises(ConfigError) as error:
-        load_train_config(QUICKSTART, [override])
+        load_train_config(QUICKSTART, [override] if isinstance(override, str) else list(override))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -470,7 +484,7 @@ def test_recipe_errors(tmp_path):
         load_train_config(recipe)
     recipe.write_text("defaults:\n  - arch: ???\n")
     with pytest.raises(ConfigError, match=r"the defaults list leaves the architecture open \(arch: \?\?\?\); add "
-                                          r"arch=<name> \(trm, trm_mlp\)"):
+                                          r"arch=<name> \(hrm, transformers_baseline, trm, trm_hier6, trm_mlp, trm_singlez\)"):
         load_train_config(recipe)
     assert load_train_config(recipe, ["arch=trm_mlp"]).arch.mlp_t is True
     recipe.write_text("run_name: ${oc.decode:'1'}\n")
@@ -524,7 +538,7 @@ def test_cli_dry_run_of_the_reference_layout():
                              "`trm-ray sweep FILE`"),
     (["--multirun"], "Error: --multirun: hydra's multirun is not supported by trm-ray train"),
     (["lr=1e-4,3e-4"], "Error: override 'lr=1e-4,3e-4': a comma-separated value is a hydra sweep over 2 values"),
-    (["arch=hrm"], "Error: arch=hrm: the reference's hrm architecture is not in trm-ray yet; available: trm, trm_mlp"),
+    (["arch=nope"], "Error: arch=nope: no architecture group 'nope'; available: hrm, transformers_baseline, trm"),
     (["~ema"], "Error: override '~ema': trm-ray cannot delete keys; write ema=false for the default"),
 ])
 def test_cli_errors_are_one_line(args, message):

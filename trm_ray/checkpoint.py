@@ -28,13 +28,12 @@ import torch
 import yaml
 
 from trm_ray import storage
-from trm_ray.config import ArchConfig, ConfigError, DataShape, TrainConfig, build, read_yaml
+from trm_ray.config import ARCH_NAMES, ArchConfig, ConfigError, DataShape, TrainConfig, build, read_yaml
 
 COMPILED_PREFIX = "_orig_mod."
 PUZZLE_TABLE_KEY = "model.inner.puzzle_emb.weights"
 CONFIG_FILE = "all_config.yaml"
 MODEL_FILE = "model.pt"  # inside a trm-ray checkpoint folder (Ray Train checkpoints are folders)
-REFERENCE_ARCH_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
 REFERENCE_LOSS_NAME = "losses@ACTLossHead"
 
 
@@ -192,17 +191,47 @@ def _arch_from(config: Any) -> tuple[ArchConfig, dict[str, Any]]:
     return build(ArchConfig, arch, "arch"), dict(config)
 
 
+def _stack_depth(state: Mapping[str, torch.Tensor], stack: str) -> int:
+    """Blocks of `stack` (H_level, L_level) in the state dict; 0 when it has none."""
+    prefix = f"model.inner.{stack}.layers."
+    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+
+def arch_of_state_dict(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Which architecture the tensors belong to, from the stacks and init buffers only that
+    architecture has (None when they match none)."""
+    has = {name for name in ("H_init", "L_init", "L1_init") if f"model.inner.{name}" in state}
+    stacks = {stack for stack in ("H_level", "L_level") if _stack_depth(state, stack)}
+    if stacks == {"H_level", "L_level"} and has == {"H_init", "L_init"}:
+        return "hrm"
+    if stacks == {"H_level"} and has == {"H_init"}:
+        return "transformers_baseline"
+    if stacks == {"L_level"} and has == {"L_init"}:
+        return "trm_singlez"
+    if stacks == {"L_level"} and has == {"H_init", "L1_init"}:
+        return "trm_hier6"
+    if stacks == {"L_level"} and has == {"H_init", "L_init"}:
+        return "trm"
+    return None
+
+
+def _first_block(state: Mapping[str, torch.Tensor]) -> str:
+    return next((f"model.inner.{stack}.layers.0" for stack in ("L_level", "H_level") if _stack_depth(state, stack)), "")
+
+
 def shape_from_state_dict(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> DataShape:
     """seq_len, vocab_size, num_puzzle_identifiers as fixed by the tensors themselves."""
     vocab = state["model.inner.embed_tokens.embedding_weight"].shape[0]
     table = state.get(PUZZLE_TABLE_KEY)
     num_ids = table.shape[0] if table is not None else 1
     total_len = None  # S + P, fixed only by MLP-T widths or a learned position table
+    mlp_t_key = f"{_first_block(state)}.mlp_t.down_proj.weight"
     if "model.inner.embed_pos.embedding_weight" in state:
         total_len = state["model.inner.embed_pos.embedding_weight"].shape[0]
-    elif "model.inner.L_level.layers.0.mlp_t.down_proj.weight" in state:
-        total_len = state["model.inner.L_level.layers.0.mlp_t.down_proj.weight"].shape[0]
+    elif mlp_t_key in state:
+        total_len = state[mlp_t_key].shape[0]
     # RoPE and no-position attention models work at any length; the table grows on demand.
+    # P follows the architecture's own rule (arch.puzzle_prefix_len), so it comes first.
     seq_len = total_len - arch.puzzle_prefix_len if total_len is not None else 1
     return DataShape(seq_len=seq_len, vocab_size=vocab, num_puzzle_identifiers=num_ids)
 
@@ -210,13 +239,22 @@ def shape_from_state_dict(state: Mapping[str, torch.Tensor], arch: ArchConfig) -
 def arch_fixed_by_tensors(state: Mapping[str, torch.Tensor], arch: ArchConfig) -> ArchConfig:
     """Overwrite the config's widths with what the tensors say (they cannot lie)."""
     fixed: dict[str, Any] = {"hidden_size": state["model.inner.embed_tokens.embedding_weight"].shape[1]}
-    fixed["L_layers"] = len({k.split(".")[4] for k in state if k.startswith("model.inner.L_level.layers.")}) or arch.L_layers
+    fixed["L_layers"] = _stack_depth(state, "L_level") or arch.L_layers
+    fixed["H_layers"] = _stack_depth(state, "H_level") or arch.H_layers
     fixed["mlp_t"] = any(".mlp_t." in k for k in state)
     table = state.get(PUZZLE_TABLE_KEY)
     fixed["puzzle_emb_ndim"] = table.shape[1] if table is not None else 0
     if "model.inner.embed_pos.embedding_weight" in state:
         fixed["pos_encodings"] = "learned"
     return ArchConfig(**{**arch.model_dump(), **fixed})
+
+
+def check_architecture(state: Mapping[str, torch.Tensor], arch_name: str, source: str) -> None:
+    """A clear error when the tensors are another architecture's than the config names."""
+    found = arch_of_state_dict(state)
+    if found is not None and found != arch_name:
+        raise CheckpointError(f"{source} holds a {found} network ({ARCH_NAMES[found]}) but the config says "
+                              f"arch.name={arch_name}; use arch.name={found} (arch={found}) or the matching config")
 
 
 def _dataset_num_identifiers(config: dict[str, Any]) -> int | None:
@@ -234,6 +272,12 @@ def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     A puzzle table with another number of rows (a different dataset) is reset to the mean of
     the saved rows, as the reference does."""
     expected = model.state_dict()
+    inner = model
+    for wrapper in ("module", "_orig_mod"):  # DDP, torch.compile
+        inner = getattr(inner, wrapper, inner)
+    arch = getattr(getattr(inner, "model", None), "arch", None)
+    if arch is not None:
+        check_architecture(state, arch.name, source)
     state = dict(state)
     table = state.get(PUZZLE_TABLE_KEY)
     if table is not None and PUZZLE_TABLE_KEY in expected and table.shape != expected[PUZZLE_TABLE_KEY].shape \
@@ -275,6 +319,7 @@ def load_checkpoint(path: str | os.PathLike, config: Any = None, map_location: A
     arch, config_dict = _arch_from(config)
     if "model.inner.embed_tokens.embedding_weight" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model.inner.embed_tokens weights; is it a TRM checkpoint?")
+    check_architecture(state, arch.name, f"checkpoint {str(path)!r}")
     arch = arch_fixed_by_tensors(state, arch)
     shape = shape_from_state_dict(state, arch)
     num_ids = _dataset_num_identifiers(config_dict)
@@ -302,7 +347,7 @@ def reference_config_dict(arch: ArchConfig, config: TrainConfig | None = None,
     loss_type = arch_dict.pop("loss_type")
     arch_dict.pop("name")
     arch_dict["puzzle_emb_ndim"] = arch.puzzle_emb_dim
-    data["arch"] = {"name": REFERENCE_ARCH_NAME, "loss": {"name": REFERENCE_LOSS_NAME, "loss_type": loss_type}, **arch_dict}
+    data["arch"] = {"name": arch.reference_name, "loss": {"name": REFERENCE_LOSS_NAME, "loss_type": loss_type}, **arch_dict}
     if shape is not None:
         data["data_shape"] = shape.model_dump()
     return data

@@ -31,16 +31,44 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Architecture (TRM_SPEC 1)
 # --------------------------------------------------------------------------------------------
-class ArchConfig(_Strict):
-    """The TRM network. Names are the reference's public ones; paper symbols in comments."""
+# The architectures trm-ray builds, by their short name, and the exact `arch.name` string the
+# reference writes into all_config.yaml for each. The two TRM ablations share TRM's class name,
+# so only the whole string (module path included) tells them apart: matching is exact.
+ARCH_NAMES = {
+    "trm": "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+    "hrm": "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1",
+    "transformers_baseline": "recursive_reasoning.transformers_baseline@Model_ACTV2",
+    "trm_singlez": "recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1",
+    "trm_hier6": "recursive_reasoning.trm_hier6@TinyRecursiveReasoningModel_ACTV1",
+}
+_REFERENCE_TO_SHORT = {reference: short for short, reference in ARCH_NAMES.items()}
+# HRM and the transformer baseline have no puzzle_emb_len: their prefix is ceil(ndim / D).
+PREFIX_BY_CEIL = ("hrm", "transformers_baseline")
+HIER6_SLOTS = 6  # trm_hier6 keeps this many latent slots; L_cycles cannot exceed it
 
-    name: str = Field("trm", description="Architecture name (only 'trm'; reference names accepted).")
+
+def arch_short_name(name: str) -> str:
+    """'hrm' for 'hrm' or 'recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1'; else ValueError."""
+    if name in ARCH_NAMES:
+        return name
+    if name in _REFERENCE_TO_SHORT:
+        return _REFERENCE_TO_SHORT[name]
+    raise ValueError(f"arch.name={name!r} is not an architecture trm-ray builds; known: {', '.join(ARCH_NAMES)} "
+                     f"(or the reference's names, e.g. {ARCH_NAMES['hrm']})")
+
+
+class ArchConfig(_Strict):
+    """The network: TRM or one of the paper's baselines (`name`). Names are the reference's
+    public ones; paper symbols in comments. A variant ignores the keys it has no use for, as the
+    reference's config classes do (e.g. HRM ignores puzzle_emb_len and no_ACT_continue)."""
+
+    name: str = Field("trm", description="Architecture: " + ", ".join(ARCH_NAMES) + " (reference names accepted).")
     H_cycles: int = Field(3, ge=1, description="T in the paper: deep-recursion cycles (T-1 without gradient).")
     L_cycles: int = Field(6, ge=1, description="n in the paper: latent updates per cycle.")
-    H_layers: int = Field(0, ge=0, description="Ignored by TRM (kept for reference configs).")
-    L_layers: int = Field(2, ge=1, description="Blocks in the one shared reasoning network.")
+    H_layers: int = Field(0, ge=0, description="Blocks of the H stack (HRM, transformers_baseline); TRM ignores it.")
+    L_layers: int = Field(2, ge=1, description="Blocks in the reasoning network (TRM's only stack; HRM's L stack).")
     hidden_size: int = Field(512, ge=1, description="D: width of every token state.")
-    num_heads: int = Field(8, ge=1, description="Attention heads; must divide hidden_size.")
+    num_heads: int = Field(8, ge=1, description="Attention heads; head width is hidden_size // num_heads.")
     expansion: float = Field(4.0, gt=0, description="SwiGLU expansion factor.")
     puzzle_emb_ndim: Optional[int] = Field(
         None, ge=0, description="Puzzle embedding width; None means hidden_size, 0 disables it."
@@ -53,6 +81,10 @@ class ArchConfig(_Strict):
     halt_exploration_prob: float = Field(0.1, ge=0, le=1, description="Probability of a random minimum halt step.")
     no_ACT_continue: bool = Field(True, description="Halt on sigmoid(q_halt) > 0.5 alone (no continue target).")
     mlp_t: bool = Field(False, description="MLP over the sequence axis instead of self-attention (TRM-MLP).")
+    act_enabled: bool = Field(True, description="transformers_baseline: learned halting in training.")
+    act_inference: bool = Field(False, description="transformers_baseline: learned halting in evaluation too.")
+    compute_target_q: bool = Field(
+        False, description="transformers_baseline: train q_continue on a target pass (the reference never does).")
     forward_dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Activation dtype.")
     loss_type: Literal["stablemax_cross_entropy", "softmax_cross_entropy"] = Field(
         "stablemax_cross_entropy", description="Token loss."
@@ -68,33 +100,46 @@ class ArchConfig(_Strict):
             loss = data.pop("loss", None)
             if isinstance(loss, dict) and "loss_type" in loss:
                 data.setdefault("loss_type", loss["loss_type"])
-            if isinstance(data.get("name"), str) and "trm" in data["name"].lower():
-                data["name"] = "trm"
+            if isinstance(data.get("name"), str):
+                data["name"] = arch_short_name(data["name"])
         return data
 
     @model_validator(mode="after")
     def _check(self) -> "ArchConfig":
-        if self.name != "trm":
-            raise ValueError(f"arch.name={self.name!r} is not supported; use 'trm'")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"arch.num_heads={self.num_heads} must divide arch.hidden_size={self.hidden_size}"
-            )
-        if self.pos_encodings == "rope" and (self.hidden_size // self.num_heads) % 2:
-            raise ValueError("arch.pos_encodings=rope needs an even head dim (hidden_size / num_heads)")
+        # num_heads need not divide hidden_size: the reference uses hidden_size // num_heads per
+        # head (the transformer baseline's own config has D 512 with 12 heads).
+        if self.pos_encodings == "rope" and self.head_dim % 2:
+            raise ValueError(f"arch.pos_encodings=rope needs an even head width (hidden_size // num_heads = "
+                             f"{self.head_dim}); change arch.num_heads or arch.hidden_size")
+        if self.name == "trm_hier6" and self.L_cycles > HIER6_SLOTS:
+            raise ValueError(f"arch.L_cycles={self.L_cycles}: trm_hier6 has {HIER6_SLOTS} latent slots, one written "
+                             f"per latent update; use L_cycles <= {HIER6_SLOTS}")
+        if self.name == "transformers_baseline" and self.pos_encodings == "none":
+            raise ValueError("arch.pos_encodings=none: transformers_baseline needs rope or learned positions")
+        if self.name == "transformers_baseline" and self.mlp_t:
+            raise ValueError("arch.mlp_t=true: transformers_baseline has attention blocks only; set arch.mlp_t=false")
         return self
 
     # Derived values the model uses; defined once here so every module agrees.
+    @property
+    def reference_name(self) -> str:
+        """The `arch.name` the reference writes for this architecture."""
+        return ARCH_NAMES[self.name]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
     @property
     def puzzle_emb_dim(self) -> int:
         return self.hidden_size if self.puzzle_emb_ndim is None else self.puzzle_emb_ndim
 
     @property
     def puzzle_prefix_len(self) -> int:
-        """P. Zero without a puzzle embedding (reference defect fixed, TRM_SPEC 3.2)."""
+        """P. Zero without a puzzle embedding (the reference crashes there for the TRM family)."""
         if self.puzzle_emb_dim == 0:
             return 0
-        if self.puzzle_emb_len == 0:
+        if self.puzzle_emb_len == 0 or self.name in PREFIX_BY_CEIL:
             return math.ceil(self.puzzle_emb_dim / self.hidden_size)
         return self.puzzle_emb_len
 

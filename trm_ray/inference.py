@@ -28,11 +28,12 @@ def _as_tensor(value: Any, name: str, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Run every ACT step (halt_max_steps, no early halting in eval) on `batch`.
+    """The evaluation ACT rollout on `batch` (halt_max_steps steps; see rollout()).
 
     batch: "inputs" (B, S), "puzzle_identifiers" (B,), optional "labels" (B, S), as numpy
     arrays or torch tensors. Returns "logits" (B, S, V), "preds" (B, S), "q_halt_logits" (B,),
-    "q_continue_logits" (B,), as numpy if the inputs were numpy, else torch on the model's device."""
+    "q_continue_logits" (B,) (and "actual_steps" (B,) where the model halts early in evaluation),
+    as numpy if the inputs were numpy, else torch on the model's device."""
     for key in ("inputs", "puzzle_identifiers"):
         if key not in batch:
             raise KeyError(f"predict: batch needs {key!r} (have {sorted(batch)})")
@@ -45,12 +46,33 @@ def predict(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     try:
-        carry = model.initial_carry(tensors)
-        all_halted = False
-        while not all_halted:  # in eval every row halts at exactly halt_max_steps
-            carry, _, _, outputs, all_halted = model(carry, tensors)
+        result = rollout(model, tensors)
     finally:
         model.train(was_training)
-    result = {k: outputs[k] for k in ("logits", "preds", "q_halt_logits", "q_continue_logits")}
     return {k: v.float().cpu().numpy() if as_numpy and v.dtype.is_floating_point else (v.cpu().numpy() if as_numpy else v)
             for k, v in result.items()}
+
+
+PREDICTION_KEYS = ("logits", "preds", "q_halt_logits", "q_continue_logits")
+
+
+def rollout(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Evaluation ACT steps until every row has halted once; each row's outputs are those of the
+    step it first halted at. Without learned halting in evaluation (every architecture but the
+    transformer baseline with act_inference) all rows halt together at halt_max_steps. With it,
+    the reference keeps calling until all rows halt in the same call, restarting the early ones
+    (up to lcm of the halting steps calls); their outputs then equal those at the first halt,
+    which is what freezing them here gives, in at most halt_max_steps calls."""
+    carry = model.initial_carry(batch)
+    final: dict[str, torch.Tensor] = {}
+    done = torch.zeros_like(carry.halted)
+    while not bool(done.all()):
+        carry, _, _, outputs, _ = model(carry, batch)
+        newly = carry.halted & ~done
+        keys = PREDICTION_KEYS + (("actual_steps",) if "actual_steps" in outputs else ())
+        for key in keys:
+            value = outputs[key]
+            final[key] = value if key not in final else \
+                torch.where(newly.view((-1,) + (1,) * (value.ndim - 1)), value, final[key])
+        done = done | carry.halted
+    return final

@@ -38,8 +38,6 @@ from trm_ray.config import ConfigError, TrainConfig, _deepcopy, read_yaml, set_k
 # Architecture groups trm-ray builds: one YAML per group here (arch=<file stem>). A new
 # architecture adds its YAML (and the model code that reads its keys); nothing else to register.
 ARCH_GROUP_DIR = Path(__file__).with_name("arch")
-# Groups of the reference code (and its forks) that trm-ray cannot build yet: named in the error.
-REFERENCE_ONLY_GROUPS = ("hrm", "trm_hier6", "trm_singlez", "transformers_baseline")
 GROUP_KEYS = ("arch",)
 
 SWEEP_HINT = ("trm-ray train runs one config: put the values in a sweep file's search_space "
@@ -415,9 +413,6 @@ def load_arch_group(name: str, recipe_dir: Optional[Path] = None) -> dict[str, A
                         raise ConfigError(f"{path}: a defaults list inside an arch group is not supported")
                     return data
     available = ", ".join(arch_groups(recipe_dir))
-    if name in REFERENCE_ONLY_GROUPS:
-        raise ConfigError(f"arch={name}: the reference's {name} architecture is not in trm-ray yet; "
-                          f"available: {available}")
     raise ConfigError(f"arch={name}: no architecture group {name!r}; available: {available} "
                       f"(or put arch/{name}.yaml beside the recipe)")
 

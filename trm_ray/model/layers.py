@@ -113,9 +113,11 @@ class Attention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        # Each head is hidden_size // num_heads wide, as in the reference, even when that does
+        # not divide: the heads then span fewer than hidden_size channels (o_proj maps them back).
         self.head_dim = hidden_size // num_heads
-        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
-        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+        self.qkv_proj = CastedLinear(hidden_size, 3 * num_heads * self.head_dim, bias=False)
+        self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         batch, seq, hidden = x.shape
@@ -125,7 +127,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         # SDPA wants (B, heads, S, head_dim)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=False)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, hidden))
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
 
 
 def swiglu_intermediate(width: int, expansion: float) -> int:
@@ -175,15 +177,18 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """The ONE network TRM applies for both updates: net(h, injection) = blocks(h + injection)."""
+    """A stack of blocks applied as net(h, injection) = blocks(h + injection); TRM applies its one
+    stack for both updates, HRM has one per level. injection None is blocks(h) (TRM single-z's
+    answer step adds nothing)."""
 
     def __init__(self, layers: list[Block]):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor,
+    def forward(self, h: torch.Tensor, injection: torch.Tensor | None,
                 cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        h = h + injection
+        if injection is not None:
+            h = h + injection
         for layer in self.layers:
             h = layer(h, cos_sin)
         return h

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trm_ray.model.trm import TRM, ACTCarry
+from trm_ray.model.trm import ACTCarry, ACTModel
 
 IGNORE_LABEL_ID = -100
 
@@ -41,7 +41,7 @@ LOSSES = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_ent
 class TRMWithLoss(nn.Module):
     """The model as trained and saved (reference: ACTLossHead; state-dict keys `model.inner.*`)."""
 
-    def __init__(self, model: TRM):
+    def __init__(self, model: ACTModel):
         super().__init__()
         self.model = model
         self.loss_fn = LOSSES[model.arch.loss_type]

@@ -1,8 +1,12 @@
 """Tiny Recursive Model: the recursion (TRM_SPEC 3) and the ACT wrapper (TRM_SPEC 4).
 
 Paper symbols: answer y = z_H, latent z = z_L, T = H_cycles, n = L_cycles,
-N_sup = halt_max_steps. One call of `TRM.act_step` is one deep-supervision step for the
+N_sup = halt_max_steps. One call of `ACTModel.act_step` is one deep-supervision step for the
 whole batch; the carry persists across calls and a halted row picks up a fresh example.
+
+`RecursiveNet` holds what every architecture shares (embeddings, heads, the carry and its
+reset, the output heads); a subclass adds its block stacks, its carried states and its
+recursion. TRM is `TRMNet` here; the paper's baselines are in trm_ray/model/baselines.py.
 """
 
 from __future__ import annotations
@@ -27,11 +31,8 @@ from trm_ray.model.sparse_embedding import CastedSparseEmbedding
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BATCH_KEYS = ("inputs", "labels", "puzzle_identifiers")
 
-
-@dataclass
-class InnerCarry:
-    z_H: torch.Tensor  # y: (B, S+P, D)
-    z_L: torch.Tensor  # z: (B, S+P, D)
+# The inner carry: each carried state by name (TRM: z_H = y, z_L = z), (B, S+P, D) in forward_dtype.
+InnerCarry = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -42,8 +43,16 @@ class ACTCarry:
     current_data: dict[str, torch.Tensor]  # the example each row works on
 
 
-class TRMNet(nn.Module):
-    """The recursion over one shared reasoning network (reference: `model.inner`)."""
+class RecursiveNet(nn.Module):
+    """Shared parts of every architecture (reference: `model.inner`).
+
+    Subclasses set STATES, (carried state, its init buffer) in buffer-creation order, and
+    OUTPUT_STATE, the state the heads read; they build their stacks in `build_stacks` and
+    define `recursion`. Creation order is the reference's (its RNG draws): embeddings, heads,
+    puzzle table, learned positions, the stacks, the init buffers."""
+
+    STATES: tuple[tuple[str, str], ...] = ()
+    OUTPUT_STATE = "z_H"
 
     def __init__(self, arch: ArchConfig, shape: DataShape, batch_size: int):
         super().__init__()
@@ -63,21 +72,47 @@ class TRMNet(nn.Module):
                 shape.num_puzzle_identifiers, arch.puzzle_emb_dim, batch_size=batch_size, init_std=0.0,
                 cast_to=self.forward_dtype,
             )
-        total_len = shape.seq_len + self.puzzle_emb_len
+        self.total_len = shape.seq_len + self.puzzle_emb_len  # S + P
         if arch.pos_encodings == "rope":
-            self.rotary_emb = RotaryEmbedding(D // arch.num_heads, total_len, arch.rope_theta)
+            self.rotary_emb = RotaryEmbedding(arch.head_dim, self.total_len, arch.rope_theta)
         elif arch.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(total_len, D, init_std=embed_std, cast_to=self.forward_dtype)
-        self.L_level = ReasoningModule([
-            Block(D, arch.num_heads, arch.expansion, arch.rms_norm_eps, total_len if arch.mlp_t else None)
-            for _ in range(arch.L_layers)
-        ])
-        self.register_buffer("H_init", trunc_normal_(torch.empty(D, dtype=self.forward_dtype), std=1.0))
-        self.register_buffer("L_init", trunc_normal_(torch.empty(D, dtype=self.forward_dtype), std=1.0))
+            self.embed_pos = CastedEmbedding(self.total_len, D, init_std=embed_std, cast_to=self.forward_dtype)
+        self.build_stacks()
+        for _, buffer in self.STATES:
+            self.register_buffer(buffer, trunc_normal_(torch.empty(D, dtype=self.forward_dtype), std=1.0))
         with torch.no_grad():
             # Start the halting head at "never halt": sigmoid(-5) ~ 0.007.
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
+
+    def stack(self, num_layers: int, mlp_t: bool | None = None) -> ReasoningModule:
+        """num_layers post-norm blocks (attention, or MLP-T over the S+P positions)."""
+        arch = self.arch
+        mlp_t = arch.mlp_t if mlp_t is None else mlp_t
+        return ReasoningModule([
+            Block(arch.hidden_size, arch.num_heads, arch.expansion, arch.rms_norm_eps, self.total_len if mlp_t else None)
+            for _ in range(num_layers)
+        ])
+
+    def build_stacks(self) -> None:
+        raise NotImplementedError
+
+    def recursion(self, states: InnerCarry, x: torch.Tensor, cos_sin) -> InnerCarry:
+        """One deep-supervision step's recursion: the new states (with the gradient the variant keeps)."""
+        raise NotImplementedError
+
+    # -- what the ACT wrapper asks of a variant ---------------------------------------------
+    def halts_on_continue(self) -> bool:
+        """Halt when q_halt > q_continue (else when q_halt > 0)."""
+        return not self.arch.no_ACT_continue
+
+    def adaptive(self, training: bool) -> bool:
+        """Whether learned halting (and, in training, exploration) applies."""
+        return training and self.arch.halt_max_steps > 1
+
+    def wants_target_q(self) -> bool:
+        """Whether an adaptive training step runs the extra pass that gives q_continue its target."""
+        return not self.arch.no_ACT_continue
 
     # -- input ----------------------------------------------------------------------------
     def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
@@ -96,44 +131,62 @@ class TRMNet(nn.Module):
     # -- carry ----------------------------------------------------------------------------
     def empty_carry(self, batch_size: int, seq_len: int, device: torch.device) -> InnerCarry:
         shape = (batch_size, seq_len + self.puzzle_emb_len, self.arch.hidden_size)
-        return InnerCarry(torch.zeros(shape, dtype=self.forward_dtype, device=device),
-                          torch.zeros(shape, dtype=self.forward_dtype, device=device))
+        return {state: torch.zeros(shape, dtype=self.forward_dtype, device=device) for state, _ in self.STATES}
 
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
         reset = reset.view(-1, 1, 1)
-        return InnerCarry(torch.where(reset, self.H_init, carry.z_H), torch.where(reset, self.L_init, carry.z_L))
+        return {state: torch.where(reset, getattr(self, buffer), carry[state]) for state, buffer in self.STATES}
 
-    # -- the algorithm --------------------------------------------------------------------
-    def latent_recursion(self, z_H, z_L, x, cos_sin):
+    # -- one deep-supervision step ----------------------------------------------------------
+    def forward(self, carry: InnerCarry, batch: dict[str, torch.Tensor]):
+        """(new carry detached, logits (B, S, V), (q_halt, q_continue) fp32 (B,))."""
+        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])  # (B, S+P, D)
+        cos_sin = self.rotary_emb(x.shape[1]) if self.arch.pos_encodings == "rope" else None
+        states = self.recursion(carry, x, cos_sin)
+        out = states[self.OUTPUT_STATE]
+        logits = self.lm_head(out)[:, self.puzzle_emb_len:]  # (B, S, V)
+        q_logits = self.q_head(out[:, 0]).to(torch.float32)  # (B, 2)
+        return {k: v.detach() for k, v in states.items()}, logits, (q_logits[..., 0], q_logits[..., 1])
+
+
+class DeepRecursionNet(RecursiveNet):
+    """The TRM family's deep recursion: T-1 cycles without gradient, the last one with."""
+
+    def cycle(self, states: InnerCarry, x: torch.Tensor, cos_sin) -> InnerCarry:
+        raise NotImplementedError
+
+    def recursion(self, states: InnerCarry, x: torch.Tensor, cos_sin) -> InnerCarry:
+        with torch.no_grad():
+            for _ in range(self.arch.H_cycles - 1):
+                states = self.cycle(states, x, cos_sin)
+        return self.cycle(states, x, cos_sin)
+
+
+class TRMNet(DeepRecursionNet):
+    """TRM: one shared network for the latent and the answer updates."""
+
+    STATES = (("z_H", "H_init"), ("z_L", "L_init"))
+
+    def build_stacks(self) -> None:
+        self.L_level = self.stack(self.arch.L_layers)
+
+    def cycle(self, states: InnerCarry, x: torch.Tensor, cos_sin) -> InnerCarry:
         """n updates of the latent z from (x, y, z), then one update of the answer y from z."""
+        z_H, z_L = states["z_H"], states["z_L"]
         for _ in range(self.arch.L_cycles):
             z_L = self.L_level(z_L, z_H + x, cos_sin)
         z_H = self.L_level(z_H, z_L, cos_sin)
-        return z_H, z_L
-
-    def deep_recursion(self, carry: InnerCarry, batch: dict[str, torch.Tensor]):
-        """T-1 latent recursions without gradient, one with; returns (new carry, logits, q logits)."""
-        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])  # (B, S+P, D)
-        cos_sin = self.rotary_emb(x.shape[1]) if self.arch.pos_encodings == "rope" else None
-        z_H, z_L = carry.z_H, carry.z_L
-        with torch.no_grad():
-            for _ in range(self.arch.H_cycles - 1):
-                z_H, z_L = self.latent_recursion(z_H, z_L, x, cos_sin)
-        z_H, z_L = self.latent_recursion(z_H, z_L, x, cos_sin)
-        logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]  # (B, S, V)
-        q_logits = self.q_head(z_H[:, 0]).to(torch.float32)  # (B, 2)
-        return InnerCarry(z_H.detach(), z_L.detach()), logits, (q_logits[..., 0], q_logits[..., 1])
-
-    forward = deep_recursion
+        return {"z_H": z_H, "z_L": z_L}
 
 
-class TRM(nn.Module):
-    """ACT wrapper: deep supervision with learned halting (reference: `model`)."""
+class ACTModel(nn.Module):
+    """ACT wrapper: deep supervision with learned halting (reference: `model`), around any
+    RecursiveNet; the variant says how it halts and whether it trains q_continue."""
 
-    def __init__(self, arch: ArchConfig, shape: DataShape, batch_size: int):
+    def __init__(self, net: RecursiveNet):
         super().__init__()
-        self.arch = arch
-        self.inner = TRMNet(arch, shape, batch_size)
+        self.arch = net.arch
+        self.inner = net
         # Exploration draws come from this generator when set (the trainer seeds it with
         # seed + rank), else from torch's global RNG.
         self.generator: torch.Generator | None = None
@@ -149,7 +202,7 @@ class TRM(nn.Module):
         )
 
     def act_step(self, carry: ACTCarry, batch: dict[str, torch.Tensor]) -> tuple[ACTCarry, dict[str, torch.Tensor]]:
-        # 1. halted rows restart from (H_init, L_init) on the fresh batch row
+        # 1. halted rows restart from the init states on the fresh batch row
         inner = self.inner.reset_carry(carry.halted, carry.inner)
         steps = torch.where(carry.halted, 0, carry.steps)
         data = {
@@ -164,24 +217,28 @@ class TRM(nn.Module):
             steps = steps + 1
             is_last_step = steps >= self.arch.halt_max_steps
             halted = is_last_step
-            # 3-4. learned halting and exploration, training only
-            if self.training and self.arch.halt_max_steps > 1:
-                if self.arch.no_ACT_continue:
-                    halted = halted | (q_halt > 0)
-                else:
+            # 3-4. learned halting; exploration and the q_continue target in training only
+            if self.inner.adaptive(self.training):
+                if self.inner.halts_on_continue():
                     halted = halted | (q_halt > q_continue)
-                explore = torch.rand(q_halt.shape, device=q_halt.device, generator=self.generator) \
-                    < self.arch.halt_exploration_prob
-                min_halt = torch.randint(2, self.arch.halt_max_steps + 1, steps.shape, device=steps.device,
-                                         generator=self.generator, dtype=steps.dtype)
-                halted = halted & (steps >= explore * min_halt)
-                if not self.arch.no_ACT_continue:
-                    # Q-learning target from one more pass on the new carry. (The reference
-                    # unpacks this call's output wrongly and crashes; this is what it means.)
-                    _, _, (next_q_halt, next_q_continue) = self.inner(inner, data)
-                    outputs["target_q_continue"] = torch.sigmoid(
-                        torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
-                    )
+                else:
+                    halted = halted | (q_halt > 0)
+                if not self.training:
+                    outputs["actual_steps"] = steps.to(torch.float32)
+                else:
+                    explore = torch.rand(q_halt.shape, device=q_halt.device, generator=self.generator) \
+                        < self.arch.halt_exploration_prob
+                    min_halt = torch.randint(2, self.arch.halt_max_steps + 1, steps.shape, device=steps.device,
+                                             generator=self.generator, dtype=steps.dtype)
+                    halted = halted & (steps >= explore * min_halt)
+                    if self.inner.wants_target_q():
+                        # Q-learning target from one more pass on the new carry. (The reference's
+                        # TRM family unpacks this call's output wrongly and crashes; this is what
+                        # it means, and what its HRM does.)
+                        _, _, (next_q_halt, next_q_continue) = self.inner(inner, data)
+                        outputs["target_q_continue"] = torch.sigmoid(
+                            torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+                        )
         return ACTCarry(inner, steps, halted, data), outputs
 
     forward = act_step
