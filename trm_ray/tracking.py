@@ -120,7 +120,9 @@ def _dataset_name(path: str) -> str:
 
 
 def arch_tag(config: "TrainConfig") -> str:
-    return "trm-mlp" if config.arch.mlp_t else "trm"
+    """The architecture as a tag: trm, trm-mlp, hrm, transformers-baseline, trm-singlez, ..."""
+    name = config.arch.name.replace("_", "-")
+    return f"{name}-mlp" if config.arch.mlp_t else name
 
 
 def run_tags(config: "TrainConfig", *, datasets: Optional[list[str]] = None, sweep: Optional[str] = None) -> list[str]:

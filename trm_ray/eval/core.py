@@ -84,8 +84,9 @@ class Evaluator(Protocol):
 # Per-row statistics and their sums
 # --------------------------------------------------------------------------------------------
 def row_statistics(labels: np.ndarray, preds: np.ndarray, q_halt_logits: np.ndarray,
-                   steps: int) -> dict[str, np.ndarray]:
-    """TRM_SPEC 5 per row: valid (has a label), token accuracy, exact, q_halt correct, steps."""
+                   steps: int | np.ndarray) -> dict[str, np.ndarray]:
+    """TRM_SPEC 5 per row: valid (has a label), token accuracy, exact, q_halt correct, steps
+    (halt_max_steps for all rows, or per row where the model halts early in evaluation)."""
     labels = np.asarray(labels)
     mask = labels != IGNORE_LABEL_ID
     counts = mask.sum(-1)
@@ -97,7 +98,7 @@ def row_statistics(labels: np.ndarray, preds: np.ndarray, q_halt_logits: np.ndar
         "accuracy": np.where(valid, correct.sum(-1) / np.maximum(counts, 1), 0.0),
         "exact_accuracy": (valid & seq_correct).astype(np.float64),
         "q_halt_accuracy": (valid & ((np.asarray(q_halt_logits) >= 0) == seq_correct)).astype(np.float64),
-        "steps": np.where(valid, float(steps), 0.0),
+        "steps": np.where(valid, np.asarray(steps, np.float64), 0.0),
     }
 
 
@@ -117,7 +118,8 @@ class EvalAccumulator:
     def add(self, set_name: str, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         """One batch of REAL rows (numpy): batch inputs/labels/puzzle_identifiers, outputs preds/q_halt_logits/..."""
         self.add_set(set_name)
-        stats = row_statistics(batch["labels"], outputs["preds"], outputs["q_halt_logits"], self.halt_max_steps)
+        stats = row_statistics(batch["labels"], outputs["preds"], outputs["q_halt_logits"],
+                               outputs.get("actual_steps", self.halt_max_steps))
         self.sums[set_name] += np.array([stats[k].sum() for k in SUMMED])
         for evaluator in self.evaluators:
             evaluator.update(batch, outputs)
@@ -220,7 +222,7 @@ def predict_real_rows(model: torch.nn.Module, batch: Mapping[str, Any], num_real
     outputs = predict(model, tensors)
     real = slice(0, num_real_rows)
     batch_np = {k: _numpy(v)[real] for k, v in tensors.items()}
-    outputs_np = {k: _numpy(outputs[k])[real] for k in EVALUATOR_OUTPUTS}
+    outputs_np = {k: _numpy(outputs[k])[real] for k in EVALUATOR_OUTPUTS + ("actual_steps",) if k in outputs}
     outputs_np["preds"] = outputs_np["preds"].astype(np.int32)
     return batch_np, outputs_np
 

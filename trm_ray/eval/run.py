@@ -262,7 +262,7 @@ def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, in
         for set_name in dict.fromkeys(sets):
             select = sets == set_name
             batch = {k: rows[k][select].astype(np.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
-            outputs = {k: rows[k][select] for k in EVALUATOR_OUTPUTS}
+            outputs = {k: rows[k][select] for k in EVALUATOR_OUTPUTS + ("actual_steps",) if k in rows}
             outputs["preds"] = outputs["preds"].astype(np.int32)
             accumulator.add(str(set_name), batch, outputs)
             on_batch(str(set_name), batch, outputs)
