@@ -116,8 +116,6 @@ class ArchConfig(_Strict):
                              f"per latent update; use L_cycles <= {HIER6_SLOTS}")
         if self.name == "transformers_baseline" and self.pos_encodings == "none":
             raise ValueError("arch.pos_encodings=none: transformers_baseline needs rope or learned positions")
-        if self.name == "transformers_baseline" and self.mlp_t:
-            raise ValueError("arch.mlp_t=true: transformers_baseline has attention blocks only; set arch.mlp_t=false")
         return self
 
     # Derived values the model uses; defined once here so every module agrees.

@@ -61,6 +61,7 @@ class TransformerNet(RecursiveNet):
     STATES = (("z_H", "H_init"),)
 
     def build_stacks(self) -> None:
+        # attention blocks always: the reference's config for it has no mlp_t and ignores one given
         self.H_level = self.stack(self.arch.H_layers, mlp_t=False)
 
     def halts_on_continue(self) -> bool:
