@@ -4,13 +4,11 @@ the step applies the schedule, both optimizers and the EMA as TRM_SPEC 5-6 say."
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo_util import run_data_parallel
 from trm_ray.config import DataShape, TrainConfig
 from trm_ray.train.step import create_train_state, train_step
 
@@ -48,27 +46,16 @@ def final_state(state) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.module.state_dict().items()}
 
 
-def _worker(rank: int, world: int, init_file: str, out_path: str) -> None:
-    # file:// rendezvous: a probed free TCP port can be taken again before rank 0 binds it
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
-    torch.set_num_threads(1)
-    try:
-        state = create_train_state(tiny_config(), SHAPE, total_steps=100)
-        local = GLOBAL_BATCH // world
-        for batch in make_batches(NUM_STEPS):
-            train_step(state, {k: v[rank * local:(rank + 1) * local] for k, v in batch.items()})
-        if rank == 0:
-            torch.save(final_state(state), out_path)
-        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT)
-    finally:
-        dist.destroy_process_group()
+def _trained_on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    state = create_train_state(tiny_config(), SHAPE, total_steps=100)
+    local = GLOBAL_BATCH // world
+    for batch in make_batches(NUM_STEPS):
+        train_step(state, {k: v[rank * local:(rank + 1) * local] for k, v in batch.items()})
+    return final_state(state)
 
 
 def test_two_gloo_workers_equal_one_process_on_the_concatenated_batch(tmp_path):
-    out = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
-    distributed = torch.load(out, weights_only=True)
+    distributed = run_data_parallel(_trained_on_rank, 2, tmp_path)
 
     state = create_train_state(tiny_config(), SHAPE, total_steps=100)
     initial = final_state(state)
