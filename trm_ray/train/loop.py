@@ -54,6 +54,10 @@ STEP_KEY = "step"
 EPOCH_KEY = "epoch"
 EVAL_METRIC = "eval/exact_accuracy"  # what the best checkpoint is chosen by
 SAMPLES_PER_S_KEY = "train/samples_per_s"
+# The network's parameter count (the puzzle table is a buffer: not counted), in every evaluation
+# report, so a sweep's records carry it for `trm-ray compare`; a train/ key is not logged to W&B
+# again at evaluations (the tracker has it as num_params).
+NUM_PARAMETERS_KEY = "train/num_parameters"
 TRAIN_STATE_FILE = "train_state.pt"
 TRAIN_STATE_VERSION = 1
 # A checkpoint reported before any evaluation still needs the score key for Ray's ranking;
@@ -359,9 +363,9 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
             initial_weights(state, config)
     resumed_step = state.step
 
+    num_parameters = sum(p.numel() for p in state.module.parameters())
     tracker: Tracker = NullTracker()
     if rank == 0:
-        num_parameters = sum(p.numel() for p in state.module.parameters())
         tracker = create_tracker(config, run_dir=session.run_dir, num_parameters=num_parameters)
     progress = Progress(total_steps, state.step, enabled=rank == 0)
     if resumed_step:
@@ -409,7 +413,8 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
             epoch = (iteration + 1) * eval_interval
             # train metrics since the last report (or that report's again, when it was at this step)
             last_train = averager.pop() or last_train
-            report = {**last_train, **throughput(), STEP_KEY: state.step, EPOCH_KEY: epoch}
+            report = {**last_train, **throughput(), STEP_KEY: state.step, EPOCH_KEY: epoch,
+                      NUM_PARAMETERS_KEY: num_parameters}
             evaluated = test_loader is not None and iteration >= config.min_eval_interval
             if evaluated:
                 from trm_ray.eval import evaluate

@@ -4,6 +4,12 @@
     print(format_table(summary))
     plot_curves(summary, "curves.png")
     write_best_config(summary, "best.yaml")      # `trm-ray train best.yaml` runs the winner
+
+Every trial's row names its architecture (arch.name's short name; a sweep over `arch` shows
+each trial's label, e.g. `hrm` or `trm(L_cycles=6)`) and its parameter count, which training
+reports with every evaluation (trm_ray.train.loop.NUM_PARAMETERS_KEY) and the sweep records keep.
+When the architecture varies, those two columns come first and a last line ranks the
+architectures by their best trial; otherwise they stand before the wall time.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from trm_ray.config import ConfigError, TrainConfig, build, to_yaml
+from trm_ray.config import ConfigError, TrainConfig, arch_short_name, build, to_yaml
 from trm_ray.storage import StorageError
 from trm_ray.tune.records import TrialHistory, read_records, read_sweep_info, trial_histories
 
@@ -26,6 +32,8 @@ class TrialRow:
     history: TrialHistory
     best: Optional[float]
     best_epoch: Optional[float]
+    arch: str = "-"  # architecture label: the short name (a sweep over `arch`: the trial's label)
+    num_parameters: Optional[int] = None  # as training reported it; None for records without it
 
 
 @dataclass
@@ -40,6 +48,11 @@ class SweepSummary:
     @property
     def winner(self) -> Optional[TrialRow]:
         return self.rows[0] if self.rows and self.rows[0].best is not None else None
+
+    @property
+    def arch_varies(self) -> bool:
+        """The trials differ in architecture (a sweep over arch or arch.name)."""
+        return len({row.arch for row in self.rows}) > 1
 
 
 def summarize_sweep(sweep_dir: str | os.PathLike, metric: Optional[str] = None) -> SweepSummary:
@@ -58,14 +71,44 @@ def summarize_sweep(sweep_dir: str | os.PathLike, metric: Optional[str] = None) 
         known = sorted(k for k in reported if "/" in k)
         raise ConfigError(f"metric {metric!r} was not reported by any trial; reported: {', '.join(known)}")
     rows = []
-    for history in histories.values():
+    labels = _arch_labels(info, list(histories.values()))
+    for history, label in zip(histories.values(), labels):
         best = history.best(metric, mode)
-        rows.append(TrialRow(history, best[0] if best else None, best[1] if best else None))
+        rows.append(TrialRow(history, best[0] if best else None, best[1] if best else None, label,
+                             _num_parameters(history)))
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda r: (r.best is None, sign * r.best if r.best is not None else 0.0,
                              r.history.index if r.history.index is not None else 1 << 30))
     varied = list(info.get("varied") or [])
     return SweepSummary(str(sweep_dir), info, metric, mode, varied, rows)
+
+
+def _num_parameters(history: TrialHistory) -> Optional[int]:
+    """The parameter count the trial's training reported (every evaluation report carries it)."""
+    from trm_ray.train.loop import NUM_PARAMETERS_KEY
+
+    counts = [r[NUM_PARAMETERS_KEY] for r in history.results if isinstance(r.get(NUM_PARAMETERS_KEY), (int, float))]
+    return int(counts[-1]) if counts else None
+
+
+def _arch_labels(info: dict[str, Any], histories: list[TrialHistory]) -> list[str]:
+    """Each trial's architecture label: its arch section's short name, from the sweep's base
+    recipe with the trial's values; for a sweep over `arch`, the labels the sweep showed."""
+    from trm_ray.tune.spec import ARCH_KEY, arch_labels, set_key
+
+    if histories and all(isinstance(h.params.get(ARCH_KEY), dict) for h in histories):
+        return arch_labels([h.params[ARCH_KEY] for h in histories])
+    labels = []
+    for history in histories:
+        data = info.get("trial_base") or {}
+        try:
+            for key, value in history.params.items():
+                data = set_key(data, key, value)
+            name = (data.get(ARCH_KEY) or {}).get("name") or "trm"
+            labels.append(arch_short_name(str(name)))
+        except (ConfigError, ValueError, AttributeError):  # records of another version: show what is there
+            labels.append(str(history.params.get(f"{ARCH_KEY}.name", "-")))
+    return labels
 
 
 def _format_value(value: Any) -> str:
@@ -74,21 +117,45 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def format_count(count: Optional[int]) -> str:
+    """1234567 -> '1.23M', 34210 -> '34.2K', 512 -> '512'; None -> '-'."""
+    if count is None:
+        return "-"
+    if count >= 1_000_000:
+        return f"{count / 1e6:.3g}M"
+    if count >= 1_000:
+        return f"{count / 1e3:.3g}K"
+    return str(count)
+
+
+def _shown_varied(summary: SweepSummary) -> list[str]:
+    """Varied keys with a column of their own: the architecture has its own column."""
+    from trm_ray.tune.spec import ARCH_KEY
+
+    return [k for k in summary.varied if not (summary.arch_varies and k in (ARCH_KEY, f"{ARCH_KEY}.name"))]
+
+
 def format_table(summary: SweepSummary) -> str:
-    """One line per trial, best first."""
-    header = ["trial", *summary.varied, f"best {summary.metric}", "at epoch", "epochs run", "stopped early",
-              "status", "wall time"]
+    """One line per trial, best first. The arch and params columns lead when the architecture
+    varies (what the sweep compares), else they stand before the wall time."""
+    varied = _shown_varied(summary)
+    lead = summary.arch_varies
+    header = ["trial", *(["arch", "params"] if lead else []), *varied, f"best {summary.metric}", "at epoch",
+              "epochs run", "stopped early", "status", *([] if lead else ["arch", "params"]), "wall time"]
     lines = [header]
     for row in summary.rows:
         h = row.history
+        arch = [row.arch, format_count(row.num_parameters)]
         lines.append([
             h.trial_id,
-            *(_format_value(h.params.get(k)) for k in summary.varied),
+            *(arch if lead else []),
+            *(_format_value(h.params.get(k)) for k in varied),
             "-" if row.best is None else f"{row.best:.4f}",
             "-" if row.best_epoch is None else str(int(row.best_epoch)),
             str(h.epochs_run),
             "yes" if h.stopped_early else "no",
             h.status,
+            *([] if lead else arch),
             _format_duration(h.wall_time_s),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -98,7 +165,19 @@ def format_table(summary: SweepSummary) -> str:
     stopped = sum(row.history.stopped_early for row in summary.rows)
     out.append(f"{len(summary.rows)} trials, {stopped} stopped early, {epochs} trial-epochs "
                f"({summary.mode} {summary.metric})")
+    if lead:
+        out.append(architecture_ranking(summary))
     return "\n".join(out)
+
+
+def architecture_ranking(summary: SweepSummary) -> str:
+    """One line: each architecture's best trial, best first (rows are ranked already)."""
+    seen: dict[str, TrialRow] = {}
+    for row in summary.rows:
+        seen.setdefault(row.arch, row)
+    ranked = [f"{arch} {'-' if row.best is None else f'{row.best:.4f}'} ({format_count(row.num_parameters)} params)"
+              for arch, row in seen.items()]
+    return f"architectures by best {summary.metric}: " + " > ".join(ranked)
 
 
 def _format_duration(seconds: float) -> str:
@@ -119,8 +198,10 @@ def plot_curves(summary: SweepSummary, path: str | os.PathLike) -> None:
         curve = row.history.curve(summary.metric)
         if not curve:
             continue
-        label = row.history.trial_id + "".join(f" {k.split('.')[-1]}={_format_value(row.history.params.get(k))}"
-                                               for k in summary.varied)
+        label = row.history.trial_id + (f" {row.arch} ({format_count(row.num_parameters)})"
+                                        if summary.arch_varies else "")
+        label += "".join(f" {k.split('.')[-1]}={_format_value(row.history.params.get(k))}"
+                         for k in _shown_varied(summary))
         axes.plot([p[0] for p in curve], [p[1] for p in curve], marker="o", markersize=3,
                   linestyle="--" if row.history.stopped_early else "-", label=label)
     axes.set_xlabel("epoch")
@@ -155,7 +236,8 @@ def write_best_config(summary: SweepSummary, path: str | os.PathLike) -> TrainCo
     config = best_config(summary)
     winner = summary.winner
     assert winner is not None
-    params = ", ".join(f"{k}={_format_value(v)}" for k, v in winner.history.params.items())
+    params = ", ".join(f"{k}={winner.arch if k == 'arch' and isinstance(v, dict) else _format_value(v)}"
+                       for k, v in winner.history.params.items())
     header = (f"# Winner of sweep {summary.info.get('name')} ({summary.sweep_dir}):\n"
               f"#   trial {winner.history.trial_id}: {params}\n"
               f"#   best {summary.metric} = {winner.best:.6g} at epoch {int(winner.best_epoch)}"

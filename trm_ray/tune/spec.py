@@ -20,6 +20,37 @@ A sweep file (YAML; every key documented on the models below):
     asha: {time_attr: epoch, grace_period: 5000, reduction_factor: 2, max_t: 50000}
     resources: {workers: 8, gpus_per_worker: 1}
     max_concurrent_trials: 4
+
+Sweeping over architectures. `arch.name: {grid: [trm, hrm]}` is a plain key: it sets arch.name
+and nothing else (every other arch key is the recipe's). The key `arch` instead takes
+architecture GROUPS, as `arch=<group>` does on the command line (trm_ray/arch/*.yaml, or
+arch/<group>.yaml beside the base recipe), by name or as a mapping whose `name` is the group and
+whose other keys are that architecture's own settings:
+
+    search_space:
+      arch:
+        grid:
+          - trm
+          - {name: hrm, H_cycles: 2, L_cycles: 2, H_layers: 2}
+          - transformers_baseline
+
+A trial's arch section is built in this order, later wins:
+    1. the group's YAML (all of its keys, its `name` included);
+    2. the base recipe's arch keys, except `name`. Shared sizes (hidden_size, num_heads,
+       expansion, forward_dtype, puzzle_emb_ndim, halt_max_steps, ...) apply to every
+       architecture, so all are compared at the recipe's size. The keys that shape one
+       architecture's computation (ARCH_SPECIFIC_KEYS: H/L cycles and layers, puzzle_emb_len,
+       mlp_t, pos_encodings, the ACT switches) apply only to trials of the recipe's own
+       architecture (its arch.name, default trm): a TRM recipe's L_cycles=6 or mlp_t=true is
+       no setting for HRM or the transformer, which keep their group's (a note says which
+       recipe keys were not applied to which architectures);
+    3. the mapping's own keys (per-architecture settings: put recursion settings here);
+    4. the arch.* keys of the sweep's `overrides` and of the command line (on every architecture:
+       the way to force one value on all of them), then the other searched arch.* keys.
+Each trial's value of `arch` is its whole resolved arch section (what sweep.json, the records and
+`trm-ray compare --best-config` keep, so the driver and compare need no recipe to rebuild it),
+shown by its short label (`arch=hrm`; trials of one architecture with different settings add
+the keys that differ: `trm(L_cycles=6)`). `choice` works over architectures too.
 """
 
 from __future__ import annotations
@@ -40,14 +71,20 @@ from trm_ray.config import (
     TrainConfig,
     _Strict,
     apply_overrides,
+    arch_short_name,
     build,
     read_yaml,
     set_key,
 )
 from trm_ray.data.layout import is_uri
-from trm_ray.overrides import load_recipe
+from trm_ray.overrides import load_arch_group, load_recipe, note, parse_override, resolve_interpolations
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+ARCH_KEY = "arch"  # the searched key whose values are architecture groups
+# Arch keys that shape one architecture's computation: a base recipe's values of these apply only
+# to trials of the recipe's own architecture (module docstring); every other arch key is shared.
+ARCH_SPECIFIC_KEYS = ("H_cycles", "L_cycles", "H_layers", "L_layers", "puzzle_emb_len", "mlp_t", "pos_encodings",
+                      "no_ACT_continue", "act_enabled", "act_inference", "compute_target_q")
 
 
 class Domain(_Strict):
@@ -163,9 +200,12 @@ class SweepSpec(_Strict):
 class Sweep:
     """A loaded sweep: the spec, its file, the base recipe data (overrides applied)."""
 
-    def __init__(self, spec: SweepSpec, source: Path, base_data: dict[str, Any], overrides: Sequence[str] = ()):
+    def __init__(self, spec: SweepSpec, source: Path, base_data: dict[str, Any], overrides: Sequence[str] = (),
+                 recipe_dir: Optional[Path] = None, arch_overrides: Sequence[str] = ()):
         self.spec, self.source, self.base_data = spec, source, base_data
         self.overrides = list(overrides)  # key=value given with the command, after the file's
+        self.recipe_dir = recipe_dir if recipe_dir is not None else source.parent  # where arch/<group>.yaml may be
+        self.arch_overrides = list(arch_overrides)  # arch keys the sweep's and the command's overrides set
 
     @property
     def name(self) -> str:
@@ -216,7 +256,47 @@ def load_sweep_spec(path: str | os.PathLike, overrides: Sequence[str] = (),
     build(TrainConfig, data, f"{base_path} with the overrides of {path}" + (" and the command" if overrides else ""))
     for key in spec.search_space:
         check_config_key(key, f"{path}: search_space")
-    return Sweep(spec, path, data, overrides)
+    override_keys = _override_keys(spec.overrides) + _override_keys(list(overrides))
+    if ARCH_KEY in spec.search_space:
+        _check_arch_domain(spec, path, base_path.parent, override_keys)
+    arch_overrides = [key.split(".")[1] for key in override_keys if key.startswith(ARCH_KEY + ".")]
+    return Sweep(spec, path, data, overrides, base_path.parent, arch_overrides)
+
+
+def _override_keys(overrides: Union[dict[str, Any], list[str]]) -> list[str]:
+    """The dotted keys a sweep's `overrides` (a mapping or key=value items) set."""
+    if isinstance(overrides, dict):
+        return list(overrides)
+    return [parse_override(item).key for item in overrides]
+
+
+def _check_arch_domain(spec: SweepSpec, path: Path, recipe_dir: Path, override_keys: list[str]) -> None:
+    """search_space `arch`: grid or choice over group names or {name: group, <arch key>: value}
+    mappings, every group found, every key an arch key; nothing else choosing the architecture."""
+    where = f"{path}: search_space {ARCH_KEY}"
+    domain = spec.search_space[ARCH_KEY]
+    if domain.kind not in ("grid", "choice"):
+        raise ConfigError(f"{where}: {domain.kind} cannot range over architectures; use grid or choice over "
+                          f"group names, e.g. {{grid: [trm, hrm]}}")
+    clash = [key for key in spec.search_space if key == f"{ARCH_KEY}.name"] + \
+            [key for key in override_keys if key in (ARCH_KEY, f"{ARCH_KEY}.name")]
+    if clash:
+        raise ConfigError(f"{where} chooses the architecture of every trial, and {clash[0]} sets it too; "
+                          f"drop {clash[0]}")
+    for value in domain.value:
+        if isinstance(value, str):
+            group, own = value, {}
+        elif isinstance(value, dict) and isinstance(value.get("name"), str):
+            group, own = value["name"], {k: v for k, v in value.items() if k != "name"}
+        else:
+            raise ConfigError(f"{where}: {value!r} is not an architecture: write a group name (trm) or a mapping "
+                              f"with its name and keys ({{name: hrm, H_cycles: 2}})")
+        try:
+            load_arch_group(group, recipe_dir)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        for key in own:
+            check_config_key(f"{ARCH_KEY}.{key}", f"{where} {group}")
 
 
 def check_config_key(dotted: str, where: str) -> None:
@@ -266,6 +346,8 @@ def expand_trials(sweep: Sweep) -> list[dict[str, Any]]:
     """
     spec = sweep.spec
     grid_keys = [k for k, d in spec.search_space.items() if d.kind == "grid"]
+    # `arch` first: its value replaces the whole arch section, searched arch.* keys then apply on it
+    order = sorted(spec.search_space, key=lambda k: k != ARCH_KEY)
     rng = random.Random(spec.seed)
     trials = []
     for _ in range(spec.num_samples):
@@ -274,9 +356,15 @@ def expand_trials(sweep: Sweep) -> list[dict[str, Any]]:
             for key, domain in spec.search_space.items():
                 if domain.kind != "grid":
                     params[key] = domain.sample(rng)
-            trials.append({k: params[k] for k in spec.search_space})
+            trials.append({k: params[k] for k in order})
+    if ARCH_KEY in spec.search_space:
+        sections = [resolve_arch(sweep, params[ARCH_KEY]) for params in trials]
+        for params, section, label in zip(trials, sections, arch_labels(sections)):
+            params[ARCH_KEY] = ArchChoice(section, label)
     for params in trials:
         trial_config(sweep, params)
+    if ARCH_KEY in spec.search_space:
+        _note_recipe_arch_keys(sweep, spec.search_space[ARCH_KEY].value)
     return trials
 
 
@@ -286,10 +374,99 @@ def trial_config(sweep: Sweep, params: dict[str, Any]) -> TrainConfig:
     for key, value in params.items():
         data = set_key(data, key, value, source=f"{sweep.source}: search_space")
     data = with_resources(data, sweep.spec.resources)
-    described = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    described = ", ".join(f"{k}={v if isinstance(v, ArchChoice) else repr(v)}" for k, v in params.items())
     config = build(TrainConfig, data, f"{sweep.source}: trial {{{described}}}")
     check_time_units(sweep, config, described)
     return config
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeping over architectures (search_space `arch`; the rule is in the module docstring)
+# --------------------------------------------------------------------------------------------
+class ArchChoice(dict):
+    """A trial's value of `arch`: its resolved arch section (a plain mapping to set_key, JSON and
+    Tune), printed as its label (`hrm`) wherever trials are listed (`trm-ray sweep --dry-run`,
+    Tune's trial table); `dict(choice)` shows the section."""
+
+    def __init__(self, section: dict[str, Any], label: str):
+        super().__init__(section)
+        self.label = label
+
+    def __str__(self) -> str:
+        return self.label
+
+    __repr__ = __str__
+
+
+def resolve_arch(sweep: Sweep, value: Any) -> dict[str, Any]:
+    """The arch section of a trial whose `arch` value is `value` (a group name or a mapping):
+    group, base recipe (shared keys; its specific keys for its own architecture only), the
+    mapping's keys, the overrides' arch keys. Validated with the whole trial (trial_config)."""
+    return _resolve_arch(sweep, value)[0]
+
+
+def _resolve_arch(sweep: Sweep, value: Any) -> tuple[dict[str, Any], list[str]]:
+    """(arch section, the recipe's specific keys this architecture does not take and its group
+    or mapping sets otherwise)."""
+    group_name, own = (value, {}) if isinstance(value, str) else \
+        (value["name"], {k: v for k, v in value.items() if k != "name"})
+    section = dict(load_arch_group(group_name, sweep.recipe_dir))
+    recipe = dict(sweep.base_data.get(ARCH_KEY) or {})
+    same_arch = _short_name(recipe.get("name")) == _short_name(section.get("name"))
+    skipped = []
+    for key, item in recipe.items():
+        if key == "name" or key in sweep.arch_overrides:
+            continue
+        if key in ARCH_SPECIFIC_KEYS and not same_arch:
+            skipped.append(key)
+            continue
+        section[key] = item
+    section.update(own)
+    section.update({key: recipe[key] for key in sweep.arch_overrides if key in recipe})
+    # a group's ${.hidden_size} style references, as `arch=<group>` resolves them
+    section = resolve_interpolations({**sweep.base_data, ARCH_KEY: section}, f"{sweep.source}: {ARCH_KEY}")[ARCH_KEY]
+    return section, [key for key in skipped if key not in own and repr(section.get(key)) != repr(recipe[key])]
+
+
+def _short_name(name: Any) -> str:
+    """arch.name as its short name (default trm); an unknown name as given (validation reports it)."""
+    if name is None:
+        return "trm"
+    try:
+        return arch_short_name(str(name))
+    except ValueError:
+        return str(name)
+
+
+def arch_labels(sections: Sequence[dict[str, Any]]) -> list[str]:
+    """Short labels of arch sections: the architecture's short name, plus, where sections of one
+    architecture differ, the keys that differ (`trm(L_cycles=6)`)."""
+    names = [_short_name(section.get("name")) for section in sections]
+    labels = []
+    for name, section in zip(names, sections):
+        same = [other for other, other_name in zip(sections, names) if other_name == name]
+        keys = sorted({k for other in same for k in set(other) | set(section)
+                       if k != "name" and repr(other.get(k)) != repr(section.get(k))})
+        labels.append(name + (f"({','.join(f'{k}={section.get(k)}' for k in keys)})" if keys else ""))
+    return labels
+
+
+def _note_recipe_arch_keys(sweep: Sweep, values: Sequence[Any]) -> None:
+    """Say which of the base recipe's architecture-specific keys trials of other architectures
+    do not take (their group's value differs, and their mapping does not set the key)."""
+    skipped: dict[str, list[str]] = {}
+    for value in values:
+        section, keys = _resolve_arch(sweep, value)
+        for key in keys:
+            names = skipped.setdefault(key, [])
+            if _short_name(section.get("name")) not in names:
+                names.append(_short_name(section.get("name")))
+    if skipped:
+        own = _short_name((sweep.base_data.get(ARCH_KEY) or {}).get("name"))
+        others = sorted({name for names in skipped.values() for name in names})
+        note(f"{sweep.source}: the base recipe's arch.{', arch.'.join(skipped)} apply to {own} trials only; "
+             f"{', '.join(others)} take their group's (set them in an architecture's mapping, "
+             f"{{name: {others[0]}, {next(iter(skipped))}: ...}}, or for all in the sweep's overrides)")
 
 
 def max_t_epochs(sweep: Sweep, config: TrainConfig) -> int:
@@ -318,4 +495,5 @@ def check_time_units(sweep: Sweep, config: TrainConfig, described: str) -> None:
 def varied_keys(trials: list[dict[str, Any]]) -> list[str]:
     """Searched keys whose value differs between trials."""
     keys = list(trials[0]) if trials else []
-    return [k for k in keys if len({repr(t.get(k)) for t in trials}) > 1]
+    return [k for k in keys if len({repr(dict(v) if isinstance(v, dict) else v)
+                                    for v in (t.get(k) for t in trials)}) > 1]
