@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -50,8 +51,11 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
         # A new local instance may write a token: let it land in a folder only we can enter.
         auth.secure_token_file(create_folder=True)
         port = _free_port()
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **common)
+        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                           runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **common)
+        dashboard = getattr(context, "dashboard_url", None) or f"127.0.0.1:{port}"
+        print(f"trm-ray: started a local Ray instance; dashboard: http://{dashboard.removeprefix('http://')}",
+              file=sys.stderr, flush=True)
     auth.secure_tokens()
     return True
 

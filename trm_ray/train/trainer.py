@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -197,12 +198,24 @@ class RaySession:
                          checkpoint_upload_mode=mode)
 
 
+def _quiet_report_logging() -> None:
+    """Ray Train 2.60 logs every report's whole metrics dict at INFO, on every rank, through a
+    logger named by its source file's path: outside the `ray.train` loggers that RunConfig's
+    LoggingConfig sets, so it floods the console. Progress lines are the loop's own."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: nothing of ours to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def worker_loop(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: set threads and device, then the plain loop."""
     import ray.train
     import torch
 
     config = TrainConfig.model_validate(loop_config["config"])
+    _quiet_report_logging()
     torch.set_num_threads(loop_config["threads_per_worker"])
     device = None
     if config.ray.use_gpu:
