@@ -253,7 +253,7 @@ def check_architecture(state: Mapping[str, torch.Tensor], arch_name: str, source
     """A clear error when the tensors are another architecture's than the config names."""
     found = arch_of_state_dict(state)
     if found is not None and found != arch_name:
-        raise CheckpointError(f"{source} holds a {found} network ({ARCH_NAMES[found]}) but the config says "
+        raise CheckpointError(f"{source} holds the weights of architecture {found} ({ARCH_NAMES[found]}) but the config says "
                               f"arch.name={arch_name}; use arch.name={found} (arch={found}) or the matching config")
 
 
