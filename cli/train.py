@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from trm_ray.cli import one_line
+
+if TYPE_CHECKING:
+    from trm_ray.config import TrainConfig
+    from trm_ray.train.trainer import TrainRunResult
 
 EPILOG = """\b
 Run folder: <ray.storage_path>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint_<step>/
@@ -84,6 +88,22 @@ def _read_saved_config(location: str) -> dict:
     return data
 
 
+def _finished_run(config: "TrainConfig") -> Optional[tuple[int, "TrainRunResult"]]:
+    """(the epoch of its last checkpoint, the run's summary) when the run's records say it is
+    done: that checkpoint was taken at an epoch >= config.epochs (a run checkpoints at its last
+    evaluation). Resuming it would start Ray and a worker group only to find nothing left to
+    train. None: not finished."""
+    from trm_ray.train.loop import EPOCH_KEY
+    from trm_ray.train.trainer import read_metrics, run_dir_of, summarize
+
+    run_dir = run_dir_of(config)
+    checkpointed = [r for r in read_metrics(run_dir) if r.get("checkpoint")]
+    epoch = checkpointed[-1].get(EPOCH_KEY) if checkpointed else None
+    if not isinstance(epoch, (int, float)) or epoch < config.epochs:
+        return None
+    return int(epoch), summarize(run_dir)
+
+
 def _metrics_line(metrics: dict) -> str:
     keys = ["step", "epoch", "train/lm_loss", "train/accuracy", "train/exact_accuracy", "eval/exact_accuracy",
             "eval/exact_accuracy_low", "eval/exact_accuracy_high"]
@@ -143,8 +163,14 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
 
         from trm_ray.train.trainer import check_inputs, fit
 
-        config = check_inputs(config)
-        result = fit(config, address=address, resume=resume_dir is not None)
+        finished = _finished_run(config) if resume_dir is not None else None
+        if finished is not None:
+            epoch, result = finished
+            click.echo(f"run already finished: its last checkpoint is at epoch {epoch} (epochs={config.epochs}); "
+                       f"nothing to train")
+        else:
+            config = check_inputs(config)
+            result = fit(config, address=address, resume=resume_dir is not None)
     except (ConfigError, DatasetError, CheckpointError, storage.StorageError) as error:
         raise click.ClickException(one_line(str(error))) from None
     except Exception as error:  # Ray's TrainingFailedError and friends: one line, plus where to look

@@ -5,7 +5,8 @@
 - a quickstart-style recipe trains and its held-out accuracy rises (through the CLI);
 - a worker killed with os._exit under ray.max_failures=1 is replaced and the run resumes from
   the last checkpoint: the step counter does not restart;
-- a run that died (max_failures=0) continues with `trm-ray train --resume RUN_DIR`;
+- a run that died (max_failures=0) continues with `trm-ray train --resume RUN_DIR`; resuming
+  it once finished trains nothing and prints its summary;
 - checkpoints load with weights_only=True, model.pt in the reference format;
 - nothing of Ray is left running afterwards.
 """
@@ -184,3 +185,13 @@ def test_stopped_run_continues_with_resume(tmp_path, reference_dataset, monkeypa
     for record in records:
         expected = cosine_schedule_lr(record["step"], config.lr, config.lr_warmup_steps, total, config.lr_min_ratio)
         assert record["train/lr"] == pytest.approx(expected), record["step"]
+
+    # resuming the finished run trains nothing (no worker group): it says so, prints the run's
+    # summary and leaves the records as they were
+    finished = (runs / "stopped" / "metrics.jsonl").read_text()
+    monkeypatch.setattr("trm_ray.train.trainer.fit", lambda *a, **k: pytest.fail("the finished run was trained again"))
+    again = CliRunner().invoke(main, ["train", "--resume", str(runs / "stopped")])
+    assert again.exit_code == 0, again.output + repr(again.exception)
+    assert "run already finished: its last checkpoint is at epoch 6 (epochs=6)" in again.output
+    assert f"final: step={records[-1]['step']} epoch=6 " in again.output and "run folder:" in again.output
+    assert (runs / "stopped" / "metrics.jsonl").read_text() == finished
