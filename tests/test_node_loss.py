@@ -60,8 +60,9 @@ PER_WORKER = {"CPU": 1, NODE_RESOURCE: 1}
 # The sweep's trainable: more CPUs than a worker node has, so only the head can hold it.
 TRIAL_CPU = 2
 # Long enough that a node can be lost well before the end: an evaluation and a checkpoint every
-# 4 epochs (at steps 13, 26, 39, 52, 66, 80 of this dataset); the loss comes after step 13.
-EPOCHS, EVAL_INTERVAL = 24, 4
+# 4 epochs (at steps 13, 26, 39, 52 of this dataset); the loss comes right after step 13 is
+# stored, three evaluations and checkpoints (over 35 step reports, each a barrier) before the end.
+EPOCHS, EVAL_INTERVAL = 16, 4
 # Hang guards only: a 2-core machine shared with other work can be several times slower than
 # an idle one (each run takes ~1-2 minutes there).
 CHECKPOINT_TIMEOUT_S, RUN_TIMEOUT_S = 240, 300

@@ -7,6 +7,11 @@ cluster), with $TRM_RAY_STORAGE expanded as the cluster's shell expands it. Only
 changed, by options appended to each command (later ones win): a smaller dataset, CPU workers
 instead of GPUs, fewer epochs. Afterwards no credential value (the S3 secret, a W&B key, the Ray token)
 appears in any object of the storage or any file of the local run side.
+
+The commands share one local Ray (started by the module, as on the cluster the commands are
+submitted to; each command uses a running Ray instead of starting its own), started in the
+commands' working folder with their environment, so Ray's processes see what a user's shell
+would give them.
 """
 
 from __future__ import annotations
@@ -68,11 +73,31 @@ def test_readme_lists_the_storage_commands():
         assert any(k[:len(expected)] == expected for k in kinds), (expected, kinds)
 
 
-def test_readme_storage_commands_run_against_s3(s3, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the commands' local outputs (plots, recipes) land here
-    monkeypatch.setenv("TRM_RAY_STORAGE", STORAGE)
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)  # W&B stays offline (conftest), key present
-    monkeypatch.setenv("TRM_RAY_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def workdir(s3, tmp_path_factory):
+    """The commands' working folder and environment, then one local Ray for them all, started
+    after `s3` exported the store's settings: Ray's processes (trials, Train workers) inherit
+    the same working folder and variables as the commands."""
+    import ray
+
+    from ray_util import wait_until_ray_is_gone
+    from trm_ray.cluster import connect
+
+    path = tmp_path_factory.mktemp("readme")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(path)  # the commands' local outputs (plots, recipes) land here
+        patch.setenv("TRM_RAY_STORAGE", STORAGE)
+        patch.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)  # W&B stays offline (conftest), key present
+        patch.setenv("TRM_RAY_CACHE", str(path / "cache"))
+        connect(num_cpus=2)
+        try:
+            yield path
+        finally:
+            ray.shutdown()
+            assert not wait_until_ray_is_gone(), "Ray processes left behind after ray.shutdown()"
+
+
+def test_readme_storage_commands_run_against_s3(s3, workdir):
     repo = README.parent
     seen: dict[str, str] = {}
     commands = []
@@ -107,6 +132,8 @@ def test_readme_storage_commands_run_against_s3(s3, tmp_path, monkeypatch):
     assert max(r["step"] for r in metrics) > 0
     train_output = seen["train " + str(repo / "experiments/quickstart.yaml")]
     assert "final: (none)" not in train_output and "best checkpoint: s3://trm/readme/runs/quickstart-s3/" in train_output
+    # train --resume of the finished run: found in storage, nothing left to train
+    assert "run already finished" in seen["train --resume"]
     # eval of the run folder: its metrics
     assert "exact" in seen["eval --checkpoint"]
     # sweep: Tune's state, the records and every trial's Train run live in storage
@@ -115,8 +142,8 @@ def test_readme_storage_commands_run_against_s3(s3, tmp_path, monkeypatch):
     trials = {k.split("/")[4] for k in sweep_keys if k.startswith("readme/sweeps/quickstart/train/") and k.endswith("model.pt")}
     assert len(trials) == 6, trials
     # compare: the ranked table and local outputs
-    assert (tmp_path / "curves.png").is_file() and (tmp_path / "best.yaml").is_file()
-    assert not (tmp_path / "runs").exists(), "something was written to local disk instead of storage"
+    assert (workdir / "curves.png").is_file() and (workdir / "best.yaml").is_file()
+    assert not (workdir / "runs").exists(), "something was written to local disk instead of storage"
 
     # no credential value anywhere in storage or on the local side of the runs
     secrets = {"S3 secret": s3.secret_key, "W&B key": FAKE_WANDB_KEY}
@@ -127,7 +154,7 @@ def test_readme_storage_commands_run_against_s3(s3, tmp_path, monkeypatch):
         body = s3.get("trm", key)
         for what, value in secrets.items():
             assert value.encode() not in body, f"{what} found in s3://trm/{key}"
-    for path in tmp_path.rglob("*"):
+    for path in workdir.rglob("*"):
         if path.is_file() and "cache" not in path.parts:
             body = path.read_bytes()
             for what, value in secrets.items():

@@ -23,6 +23,9 @@ from click.testing import CliRunner
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 METRIC = "eval/accuracy"
+# Every trial's length (asha.max_t): the one rung, at epoch 2, is where the lr=0 trials are
+# stopped; the constant lr (lr_min_ratio 1.0) makes the first 2 epochs the same at any length.
+EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def write_sweep(folder: Path, dataset: Path, name: str, lrs: list[float], concur
         arch: {{hidden_size: 32, num_heads: 2, L_layers: 1, H_cycles: 1, L_cycles: 2, halt_max_steps: 2,
                 puzzle_emb_ndim: 0, mlp_t: true, pos_encodings: none, forward_dtype: float32}}
         global_batch_size: 64
-        epochs: 8
+        epochs: {EPOCHS}
         eval_interval: 1
         lr_warmup_steps: 1
         lr_min_ratio: 1.0
@@ -69,7 +72,7 @@ def write_sweep(folder: Path, dataset: Path, name: str, lrs: list[float], concur
           lr: {{grid: {lrs}}}
         metric: {METRIC}
         mode: max
-        asha: {{grace_period: 2, reduction_factor: 2, max_t: 8}}
+        asha: {{grace_period: 2, reduction_factor: 2, max_t: {EPOCHS}}}
         resources: {{workers: 1, cpus_per_worker: 0.5, trial_cpu: 0.1}}
         max_concurrent_trials: {concurrent}
         storage_path: {folder / 'runs'}
@@ -96,8 +99,8 @@ def test_asha_sweep_stops_weak_trials_and_compare_names_the_best(tmp_path, datas
     by_lr = {lr: [h for h in trials.values() if h.params["lr"] == lr] for lr in (0.0, 3e-3)}
     # every lr=0 trial that met a recorded lr=3e-3 trial at a rung was stopped there, before max_t
     stopped = [h for h in trials.values() if h.stopped_early]
-    assert stopped and all(h.params["lr"] == 0.0 and h.epochs_run < 8 for h in stopped)
-    assert all(not h.stopped_early and h.epochs_run == 8 for h in by_lr[3e-3])
+    assert stopped and all(h.params["lr"] == 0.0 and h.epochs_run < EPOCHS for h in stopped)
+    assert all(not h.stopped_early and h.epochs_run == EPOCHS for h in by_lr[3e-3])
     # W&B: one offline run per trial, in each trial's Train run folder, grouped by the sweep
     for trial_id in trials:
         assert list((sweep_dir / "train" / trial_id / "wandb").glob("offline-run-*")), trial_id
@@ -148,10 +151,10 @@ def test_resume_after_killed_driver_keeps_finished_trials_and_rungs(tmp_path, da
     assert (sweep_dir / "train" / finished[0] / "metrics.jsonl").read_text() == finished_metrics
     assert after[finished[0]].results == before[finished[0]].results
     # the lr=0 trials ran after the kill: each met the rebuilt rung 2 (the strong trial's
-    # record) and was stopped there; a resumed plain ASHA would have let the first run to 8
+    # record) and was stopped there; a resumed plain ASHA would have let the first run to max_t
     for h in after.values():
         if h.params["lr"] == 0.0:
-            assert h.stopped_early and h.epochs_run < 8, (h.trial_id, h.epochs_run)
+            assert h.stopped_early and h.epochs_run < EPOCHS, (h.trial_id, h.epochs_run)
             assert h.best(METRIC, "max")[0] < after[finished[0]].best(METRIC, "max")[0]
     info = json.loads((sweep_dir / "sweep.json").read_text())
     assert [t["params"]["lr"] for t in info["trials"]] == [3e-3, 0.0, 0.0]
