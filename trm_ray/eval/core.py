@@ -36,6 +36,9 @@ EVAL_PREFIX = "eval"
 SUMMED = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
 # Model outputs every evaluator may read (numpy, real rows only).
 EVALUATOR_OUTPUTS = ("preds", "q_halt_logits", "q_continue_logits")
+# What a prediction carries per row: the above, plus each row's steps where the model halts
+# early in evaluation (absent otherwise).
+ROW_OUTPUTS = EVALUATOR_OUTPUTS + ("actual_steps",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def predict_real_rows(model: torch.nn.Module, batch: Mapping[str, Any], num_real
     outputs = predict(model, tensors)
     real = slice(0, num_real_rows)
     batch_np = {k: _numpy(v)[real] for k, v in tensors.items()}
-    outputs_np = {k: _numpy(outputs[k])[real] for k in EVALUATOR_OUTPUTS + ("actual_steps",) if k in outputs}
+    outputs_np = {k: _numpy(outputs[k])[real] for k in ROW_OUTPUTS if k in outputs}
     outputs_np["preds"] = outputs_np["preds"].astype(np.int32)
     return batch_np, outputs_np
 

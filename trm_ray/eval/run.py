@@ -43,7 +43,7 @@ from trm_ray import storage
 from trm_ray.checkpoint import CheckpointError, load_weights_into, read_state_dict
 from trm_ray.data import layout
 from trm_ray.eval.arc import ARCEvaluator
-from trm_ray.eval.core import EVALUATOR_OUTPUTS, EvalAccumulator, Evaluator, evaluate, predict_real_rows
+from trm_ray.eval.core import ROW_OUTPUTS, EvalAccumulator, Evaluator, evaluate, predict_real_rows
 
 SAVABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits")
 LIVE_WEIGHTS_FILE = "train_state.pt"  # in a trm-ray training checkpoint folder: {"model": live weights, ...}
@@ -262,7 +262,7 @@ def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, in
         for set_name in dict.fromkeys(sets):
             select = sets == set_name
             batch = {k: rows[k][select].astype(np.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
-            outputs = {k: rows[k][select] for k in EVALUATOR_OUTPUTS + ("actual_steps",) if k in rows}
+            outputs = {k: rows[k][select] for k in ROW_OUTPUTS if k in rows}
             outputs["preds"] = outputs["preds"].astype(np.int32)
             accumulator.add(str(set_name), batch, outputs)
             on_batch(str(set_name), batch, outputs)
