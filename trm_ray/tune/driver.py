@@ -9,6 +9,11 @@ its Train run named by the trial id under <sweep>/train/. The Train controller f
 evaluation report to Tune (TuneReportCallback), so ASHA judges on the same metrics single
 runs report; ResumableASHA (scheduler.py) keeps that judgement fair across --resume.
 
+A searched sweep (search.algorithm optuna / hyperopt) hands Tune the space instead of the trial
+list: its searcher (search.py) proposes each trial from the results so far, ASHA still stops the
+weak ones, and the searcher's state, saved with Tune's experiment state, is what --resume
+continues the search from.
+
 The sweep folder may be a URI (s3://bucket/sweeps/<name>): Tune's experiment state, the
 records and every trial's Train run then live in object storage, so trials on any node write
 where every node (and a driver started on another machine) reads.
@@ -21,10 +26,13 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from ray.tune.schedulers import AsyncHyperBandScheduler
+
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, build
 from trm_ray.tune.records import (
     TRAIN_DIR,
+    append_record,
     forget_records,
     read_records,
     read_sweep_info,
@@ -34,8 +42,17 @@ from trm_ray.tune.records import (
     upload_records,
     write_sweep_info,
 )
-from trm_ray.tune.scheduler import REPLAYED_KEY
-from trm_ray.tune.spec import Sweep, set_key, trial_config, varied_keys, with_resources
+from trm_ray.tune.scheduler import REPLAYED_KEY, ResumableASHA
+from trm_ray.tune.search import build_searcher, trial_params, trial_space
+from trm_ray.tune.spec import (
+    Sweep,
+    searched_space,
+    set_key,
+    space_varied_keys,
+    trial_config,
+    varied_keys,
+    with_resources,
+)
 
 EPOCH_KEY = "epoch"          # what the loop reports at every evaluation (trm_ray.train.loop.EPOCH_KEY)
 EVAL_ROUND_KEY = "eval_round"  # epoch / eval_interval, added to what Tune sees
@@ -99,7 +116,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         # hand Tune the last result again instead of training (or resuming a stopped trial).
         tune.report({**finished, REPLAYED_KEY: 1, "time_this_iter_s": 0.0})
         return
-    train_config = trial_train_config(context, trial_id, config["trial"]["params"])
+    train_config = trial_train_config(context, trial_id, trial_params(config))
     run_dir = run_dir_of(train_config)
     # A trial Tune resumes (driver restarted) continues its Train run from its last checkpoint.
     resume = run_started(run_dir)
@@ -149,6 +166,20 @@ def _drain_reports(timeout_s: float = 60.0) -> None:
 # The driver
 # --------------------------------------------------------------------------------------------
 def sweep_info(sweep: Sweep, trials: list[dict[str, Any]], trial_base: dict[str, Any]) -> dict[str, Any]:
+    """What sweep.json keeps. A searched sweep's trials are proposed while it runs (trials.jsonl
+    records each with its values): it keeps the search and its space instead, which is also
+    what --resume compares (a grid sweep: the trials)."""
+    spec = sweep.spec
+    if spec.searcher:
+        space = searched_space(sweep)
+        return {**_info(sweep, [], trial_base), "varied": space_varied_keys(space),
+                "search": spec.search_config().model_dump(mode="json"),
+                "search_space": {key: domain.model_dump(mode="json", exclude_none=True)
+                                 for key, domain in space.items()}}
+    return _info(sweep, trials, trial_base)
+
+
+def _info(sweep: Sweep, trials: list[dict[str, Any]], trial_base: dict[str, Any]) -> dict[str, Any]:
     spec = sweep.spec
     return {
         "name": sweep.name,
@@ -201,6 +232,55 @@ def check_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
     return data
 
 
+class SearchedASHA(ResumableASHA):
+    """ResumableASHA for a searched sweep, whose trials are added one at a time as the searcher
+    proposes them (a grid sweep's are all added in Tune's first step, before its first save).
+
+    Tune saves its experiment state (the searcher's with it) every ~10 s: a driver killed
+    between a trial's proposal and the next save leaves a trial the saved state does not know,
+    and the resumed searcher proposes that point again as a new trial. So a new trial forces
+    the save at the end of the step that added it, and its `trial` record waits for its first
+    result (or its end), which comes after that save: the records never list a trial the
+    resumed sweep would not know."""
+
+    def __init__(self, sweep_dir: str, **kwargs: Any):
+        super().__init__(sweep_dir, **kwargs)
+        self._unrecorded: dict[str, dict[str, Any]] = {}  # trial id -> its `trial` record, not yet written
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_unrecorded": {}}
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if trial.trial_id in self._histories():
+            super().on_trial_add(tune_controller, trial)  # a restored trial: its results rebuild the rungs
+        else:
+            AsyncHyperBandScheduler.on_trial_add(self, tune_controller, trial)
+            self._unrecorded[trial.trial_id] = {"event": "trial", "trial_id": trial.trial_id, "index": None,
+                                                "params": trial_params(trial.config)}
+        # The flag Tune itself sets to force the next save (after num_to_keep trial checkpoints);
+        # schedulers see the controller through a wrapper, the controller is its _tune_controller.
+        manager = getattr(getattr(tune_controller, "_tune_controller", None), "_checkpoint_manager", None)
+        if manager is not None and hasattr(manager, "_should_force_sync_up"):
+            manager._should_force_sync_up = True
+
+    def _record_trial(self, trial: Any) -> None:
+        record = self._unrecorded.pop(trial.trial_id, None)
+        if record is not None:
+            append_record(self.sweep_dir, record)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._record_trial(trial)
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._record_trial(trial)
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._record_trial(trial)
+        super().on_trial_error(tune_controller, trial)
+
+
 def max_t_of(sweep: Sweep, base: TrainConfig) -> int:
     asha = sweep.spec.asha
     if asha.max_t is not None:
@@ -247,7 +327,6 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
     from ray import tune
 
     from trm_ray.cluster import connect
-    from trm_ray.tune.scheduler import ResumableASHA
 
     spec = sweep.spec
     sweep_dir = sweep.directory()
@@ -260,13 +339,22 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
         root_path, _ = storage.ray_storage(sweep.storage_root())
     except storage.StorageError as error:
         raise SweepError(_storage_problem(sweep, error)) from None
-    trial_base = check_trials(sweep, trials)
+    searcher = None
+    if spec.searcher:
+        # Its library missing is one line now, not an error inside Tune; Tuner.restore brings
+        # back the searcher the sweep started with, but unpickling it needs the library too.
+        searcher = build_searcher(spec.search_config(), searched_space(sweep), metric=spec.metric, mode=spec.mode,
+                                  max_concurrent=1)
+    trial_base = check_trials(sweep, trials)  # a searched sweep: the points check_points gives
     info = sweep_info(sweep, trials, trial_base)
     if resume:
         if not started_before or not tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
             raise SweepError(f"--resume: no sweep to continue in {sweep_dir}; run it without --resume")
-        if read_sweep_info(sweep_dir)["trials"] != info["trials"]:
-            raise SweepError(f"{sweep.source} changed since the sweep in {sweep_dir} started (other trials): "
+        saved = read_sweep_info(sweep_dir)
+        compared = ("search", "search_space") if spec.searcher else ("trials",)
+        if any(saved.get(key) != info[key] for key in compared):
+            what = "another search or search space" if spec.searcher else "other trials"
+            raise SweepError(f"{sweep.source} changed since the sweep in {sweep_dir} started ({what}): "
                              f"resume with the file it started with, or set a new name:")
     elif started_before:
         raise SweepError(f"sweep folder {sweep_dir} already exists: continue it with --resume, "
@@ -279,7 +367,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = connect(address or base.ray.address)
     try:
-        scheduler = ResumableASHA(
+        scheduler = (SearchedASHA if spec.searcher else ResumableASHA)(
             sweep_dir, time_attr=EPOCH_KEY if spec.asha.time_attr == "epoch" else EVAL_ROUND_KEY,
             metric=spec.metric, mode=spec.mode, max_t=max_t_of(sweep, base),
             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
@@ -290,8 +378,8 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
                                         {"cpu": spec.resources.trial_cpu})
         if resume:
             finished = finished_results(sweep_dir)
-            log(f"trm-ray: resuming sweep {sweep.name} in {sweep_dir} ({len(finished)} of {len(trials)} trials "
-                f"finished)")
+            total = spec.search_config().num_samples if spec.searcher else len(trials)
+            log(f"trm-ray: resuming sweep {sweep.name} in {sweep_dir} ({len(finished)} of {total} trials finished)")
             trainable = tune.with_resources(
                 tune.with_parameters(run_trial, context={**context, "finished": finished}),
                 {"cpu": spec.resources.trial_cpu})
@@ -299,12 +387,21 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
                                        resume_errored=True, storage_filesystem=filesystem)
         else:
             concurrency = concurrent_trials(sweep, base)
-            log(f"trm-ray: sweep {sweep.name}: {len(trials)} trials, up to {concurrency} at once -> {sweep_dir}")
+            if searcher is not None:
+                search = spec.search_config()
+                log(f"trm-ray: sweep {sweep.name}: {search.num_samples} trials proposed by {search.algorithm}, "
+                    f"up to {concurrency} at once -> {sweep_dir}")
+                searcher.set_max_concurrency(concurrency)
+                # metric/mode: the searcher's and the scheduler's, both the sweep's
+                param_space = trial_space(searched_space(sweep))
+                tune_config = tune.TuneConfig(scheduler=scheduler, search_alg=searcher, num_samples=search.num_samples)
+            else:
+                log(f"trm-ray: sweep {sweep.name}: {len(trials)} trials, up to {concurrency} at once -> {sweep_dir}")
+                param_space = {"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(trials)])}
+                tune_config = tune.TuneConfig(scheduler=scheduler,  # metric/mode: the scheduler's
+                                              num_samples=1, max_concurrent_trials=concurrency)
             tuner = tune.Tuner(
-                trainable,
-                param_space={"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(trials)])},
-                tune_config=tune.TuneConfig(scheduler=scheduler,  # metric/mode: the scheduler's
-                                            num_samples=1, max_concurrent_trials=concurrency),
+                trainable, param_space=param_space, tune_config=tune_config,
                 run_config=tune.RunConfig(name=sweep.name, storage_path=root_path, storage_filesystem=filesystem,
                                           verbose=1, failure_config=tune.FailureConfig(max_failures=0)),
             )

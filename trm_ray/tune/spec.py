@@ -21,6 +21,24 @@ A sweep file (YAML; every key documented on the models below):
     resources: {workers: 8, gpus_per_worker: 1}
     max_concurrent_trials: 4
 
+Model-based search. Instead of expanding the grid up front, a searcher can propose each trial
+from the results of the trials before it (trm_ray/tune/search.py):
+
+    search:
+      algorithm: optuna                     # optuna (TPE) or hyperopt (TPE); grid: the expansion above
+      num_samples: 20                       # trials the searcher proposes (instead of the top-level num_samples)
+      seed: 0                               # seeds its proposals; default: the sweep's seed
+      random_startup: 5                     # first trials drawn at random; default min(10, num_samples // 2)
+    search_space:
+      lr: {loguniform: [3.0e-5, 3.0e-4]}
+      arch.H_cycles: {randint: [1, 4]}
+      arch: {choice: [trm, hrm]}            # architectures too, as labels the searcher picks from
+
+A searcher draws points, it does not enumerate them: `grid` domains are refused (write
+`choice`), and the trials are known only as the sweep runs, so `--dry-run` prints the space and
+the searcher's first proposals, and the points checked before launch are the ends of every
+domain and a few seeded draws (check_points). ASHA stops weak trials as in a grid sweep.
+
 Sweeping over architectures. `arch.name: {grid: [trm, hrm]}` is a plain key: it sets arch.name
 and nothing else (every other arch key is the recipe's). The key `arch` instead takes
 architecture GROUPS, as `arch=<group>` does on the command line (trm_ray/arch/*.yaml, or
@@ -169,6 +187,32 @@ class ResourcesConfig(_Strict):
                                                      "(it only waits; Ray needs > 0).")
 
 
+class SearchConfig(_Strict):
+    """How trials are chosen: the grid expansion, or a model-based searcher proposing each trial
+    from the results of the trials before it (module docstring)."""
+
+    algorithm: Literal["grid", "optuna", "hyperopt"] = Field(
+        "grid", description="grid: every grid point x num_samples, random keys drawn (expand_trials); "
+                            "optuna: Optuna's TPE sampler; hyperopt: HyperOpt's TPE.")
+    num_samples: Optional[int] = Field(None, ge=1, description="Trials the searcher proposes (required for optuna "
+                                                               "and hyperopt); grid: repeats of the grid.")
+    seed: Optional[int] = Field(None, description="Seeds the proposals (same seed, same first proposals); "
+                                                  "None: the sweep's seed.")
+    random_startup: Optional[int] = Field(None, ge=0, description="Trials drawn at random before the model "
+                                                                  "proposes; None: min(10, num_samples // 2).")
+
+    @property
+    def is_searcher(self) -> bool:
+        return self.algorithm != "grid"
+
+    def startup_trials(self) -> int:
+        """random_startup, or a default that leaves the model half of a small sweep: the
+        libraries' own (10 for Optuna, 20 for HyperOpt) would make a 10-trial sweep random search."""
+        if self.random_startup is not None:
+            return self.random_startup
+        return min(10, max(1, (self.num_samples or 1) // 2))
+
+
 class SweepSpec(_Strict):
     """A sweep definition (experiments/sweeps/*.yaml)."""
 
@@ -189,12 +233,43 @@ class SweepSpec(_Strict):
     max_concurrent_trials: Optional[int] = Field(None, ge=1, description="Trials at once; None: as many as fit.")
     storage_path: Optional[str] = Field(None, description="Where the sweep folder goes (local path or s3:// / gs:// "
                                                           "URI); None: <recipe ray.storage_path>/sweeps.")
+    search: Optional[SearchConfig] = Field(None, description="How trials are chosen: the grid expansion (default) "
+                                                             "or a model-based searcher (optuna, hyperopt).")
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
         if not self.search_space:
             raise ValueError("search_space is empty: name at least one key, e.g. {lr: {grid: [1.0e-4, 3.0e-4]}}")
+        if self.search is None:
+            return self
+        for key in ("num_samples", "seed"):
+            # two values for one setting: neither may silently win
+            if key in self.model_fields_set and getattr(self.search, key) is not None:
+                raise ValueError(f"{key} and search.{key} are both set: keep search.{key} (the top-level {key} "
+                                 f"is the grid sweep's)")
+        if not self.search.is_searcher:
+            return self
+        algorithm = self.search.algorithm
+        if self.search.num_samples is None:
+            raise ValueError(f"search.num_samples is missing: how many trials {algorithm} proposes, e.g. 20")
+        grids = [key for key, domain in self.search_space.items() if domain.kind == "grid"]
+        if grids:
+            raise ValueError(f"search_space.{grids[0]}: grid cannot be searched by {algorithm} (a searcher draws "
+                             f"points, it does not enumerate a grid); write {{choice: [...]}}")
         return self
+
+    @property
+    def searcher(self) -> Optional[str]:
+        """The model-based search algorithm (optuna, hyperopt), None for a grid sweep."""
+        return self.search.algorithm if self.search is not None and self.search.is_searcher else None
+
+    def search_config(self) -> SearchConfig:
+        """`search` with its defaults filled in: num_samples and seed from the top level where it
+        leaves them unset (a grid sweep without a search block: the top-level ones)."""
+        search = self.search or SearchConfig()
+        return search.model_copy(update={
+            "num_samples": search.num_samples if search.num_samples is not None else self.num_samples,
+            "seed": search.seed if search.seed is not None else self.seed})
 
 
 class Sweep:
@@ -343,14 +418,20 @@ def expand_trials(sweep: Sweep) -> list[dict[str, Any]]:
     drawn from a generator seeded by `seed`. Every trial's full config is validated here, so an
     impossible combination (num_heads not dividing hidden_size, eval_interval not dividing
     epochs, ...) fails before anything launches, naming the trial's values.
+
+    With a searcher (search.algorithm optuna / hyperopt) the trials are proposed while the
+    sweep runs: this returns the points checked in their place (check_points).
     """
     spec = sweep.spec
+    if spec.searcher:
+        return check_points(sweep)
+    search = spec.search_config()
     grid_keys = [k for k, d in spec.search_space.items() if d.kind == "grid"]
     # `arch` first: its value replaces the whole arch section, searched arch.* keys then apply on it
     order = sorted(spec.search_space, key=lambda k: k != ARCH_KEY)
-    rng = random.Random(spec.seed)
+    rng = random.Random(search.seed)
     trials = []
-    for _ in range(spec.num_samples):
+    for _ in range(search.num_samples):
         for point in itertools.product(*(spec.search_space[k].grid for k in grid_keys)):
             params = dict(zip(grid_keys, point))
             for key, domain in spec.search_space.items():
@@ -366,6 +447,62 @@ def expand_trials(sweep: Sweep) -> list[dict[str, Any]]:
     if ARCH_KEY in spec.search_space:
         _note_recipe_arch_keys(sweep, spec.search_space[ARCH_KEY].value)
     return trials
+
+
+# A searcher may propose any point of the space: before launch, the corners of the space (every
+# combination of each key's ends) are validated, or only the all-low and all-high corners when
+# there are more than MAX_CORNERS of them, plus NUM_CHECK_DRAWS seeded draws.
+MAX_CORNERS = 32
+NUM_CHECK_DRAWS = 8
+
+
+def searched_space(sweep: Sweep) -> dict[str, Domain]:
+    """The search space a searcher draws from: `arch` first (its value replaces the whole arch
+    section, searched arch.* keys then apply on it), its choices resolved to their arch
+    sections (ArchChoice, shown by label), so every proposed trial carries what sweep.json,
+    the records and `trm-ray compare --best-config` keep for a grid sweep over `arch`."""
+    space = {key: sweep.spec.search_space[key] for key in sorted(sweep.spec.search_space, key=lambda k: k != ARCH_KEY)}
+    if ARCH_KEY in space:
+        sections = [resolve_arch(sweep, value) for value in space[ARCH_KEY].value]
+        choices = [ArchChoice(section, label) for section, label in zip(sections, arch_labels(sections))]
+        space[ARCH_KEY] = Domain.model_construct(choice=choices)  # ArchChoice kept as is (no validation copy)
+    return space
+
+
+def domain_ends(domain: Domain) -> list[Any]:
+    """A domain's extreme values: every choice, the low and high end of a range (randint: high - 1)."""
+    kind, value = domain.kind, domain.value
+    if kind in ("grid", "choice"):
+        return list(value)
+    low, high = value
+    if kind == "randint":
+        high -= 1  # [low, high)
+    return [low] if high == low else [low, high]
+
+
+def check_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """Points of a searched space (spec.searcher set), each validated as a full trial config
+    (trial_config), so a space with an impossible corner fails before launch: the corners
+    (see MAX_CORNERS) and NUM_CHECK_DRAWS draws seeded by the search's seed."""
+    space = searched_space(sweep)
+    ends = [domain_ends(domain) for domain in space.values()]
+    corners = list(itertools.product(*ends))
+    if len(corners) > MAX_CORNERS:
+        corners = [tuple(e[0] for e in ends), tuple(e[-1] for e in ends)]
+    points = [dict(zip(space, corner)) for corner in corners]
+    rng = random.Random(sweep.spec.search_config().seed)
+    points += [{key: domain.sample(rng) for key, domain in space.items()} for _ in range(NUM_CHECK_DRAWS)]
+    for params in points:
+        trial_config(sweep, params)
+    if ARCH_KEY in space:
+        _note_recipe_arch_keys(sweep, sweep.spec.search_space[ARCH_KEY].value)
+    return points
+
+
+def space_varied_keys(space: dict[str, Domain]) -> list[str]:
+    """Searched keys that can take more than one value (what `trm-ray compare` lists)."""
+    return [key for key, domain in space.items()
+            if len({repr(dict(v) if isinstance(v, dict) else v) for v in domain_ends(domain)}) > 1]
 
 
 def trial_config(sweep: Sweep, params: dict[str, Any]) -> TrainConfig:
