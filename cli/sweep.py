@@ -22,6 +22,7 @@ from trm_ray.config import ConfigError
                "  trm-ray sweep experiments/sweeps/quickstart.yaml --dry-run\n"
                "  trm-ray sweep experiments/sweeps/quickstart.yaml\n"
                "  trm-ray sweep experiments/sweeps/quickstart.yaml --resume\n"
+               "  trm-ray sweep experiments/sweeps/quickstart-tpe.yaml --dry-run   # TPE: the space, first proposals\n"
                "  trm-ray sweep experiments/sweeps/sudoku-paper.yaml --address auto\n"
                "  trm-ray sweep experiments/sweeps/quickstart.yaml data_paths=[s3://bucket/data/q] "
                "--storage-path s3://bucket/sweeps")
@@ -32,7 +33,8 @@ from trm_ray.config import ConfigError
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep: finished trials are kept, "
                                             "unfinished ones continue from their last checkpoint.")
 @click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
-@click.option("--dry-run", is_flag=True, help="Validate every trial's config, print the trials and exit.")
+@click.option("--dry-run", is_flag=True, help="Validate every trial's config, print the trials and exit (a "
+                                             "searched sweep: its space and the searcher's first proposals).")
 def sweep(sweep_file: str, overrides: tuple[str, ...], storage_path: Optional[str], resume: bool,
           address: Optional[str], dry_run: bool) -> None:
     """Run the sweep SWEEP_FILE (experiments/sweeps/*.yaml): one Ray Train run per trial, ASHA
@@ -43,7 +45,25 @@ def sweep(sweep_file: str, overrides: tuple[str, ...], storage_path: Optional[st
 
     try:
         spec = load_sweep_spec(sweep_file, overrides, storage_path)
-        trials = expand_trials(spec)
+        trials = expand_trials(spec)  # a searched sweep: the points checked before launch
+        if dry_run and spec.spec.searcher:
+            # Its trials are proposed as results come in: show the space and where it starts.
+            from trm_ray.tune.search import propose
+            from trm_ray.tune.spec import searched_space
+
+            search, space = spec.spec.search_config(), searched_space(spec)
+            proposals = propose(search, space, spec.spec.metric, spec.spec.mode, min(4, search.num_samples))
+            click.echo(f"sweep {spec.name}: {search.num_samples} trials proposed by {search.algorithm} (seed "
+                       f"{search.seed}, first {search.startup_trials()} random) -> {spec.directory()}")
+            click.echo(f"metric {spec.spec.metric} ({spec.spec.mode}); {len(trials)} points of the space checked")
+            click.echo("space:")
+            for key, domain in space.items():
+                values = ", ".join(_short(v) for v in domain.value)
+                click.echo(f"  {key}: {domain.kind} [{values}{')' if domain.kind == 'randint' else ']'}")
+            click.echo(f"first {len(proposals)} proposals:")
+            for index, params in enumerate(proposals):
+                click.echo(f"  {index:3d}  " + "  ".join(f"{k}={_short(v)}" for k, v in params.items()))
+            return
         if dry_run:
             keys = list(spec.spec.search_space)
             click.echo(f"sweep {spec.name}: {len(trials)} trials -> {spec.directory()}")
@@ -70,27 +90,43 @@ def sweep(sweep_file: str, overrides: tuple[str, ...], storage_path: Optional[st
                "  trm-ray compare runs/sweeps/quickstart\n"
                "  trm-ray compare runs/sweeps/quickstart --metric eval/accuracy --plot curves.png\n"
                "  trm-ray compare runs/sweeps/quickstart --best-config best.yaml && trm-ray train best.yaml\n"
-               "  trm-ray compare s3://bucket/sweeps/quickstart --plot curves.png")
+               "  trm-ray compare s3://bucket/sweeps/quickstart --plot curves.png\n"
+               "  trm-ray compare runs/sweeps/quickstart --format csv > trials.csv\n"
+               "  trm-ray compare runs/repro/quickstart-seeds --format json   # a repro: per-seed view")
 @click.argument("sweep_dir")
 @click.option("--metric", help="Rank by this reported metric (default: the sweep's).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write every trial's metric curve here (PNG).")
 @click.option("--best-config", "best_config_path", type=click.Path(dir_okay=False),
               help="Write the winning trial's recipe here (YAML that `trm-ray train` accepts).")
-def compare(sweep_dir: str, metric: Optional[str], plot_path: Optional[str], best_config_path: Optional[str]) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="How to print the rows: an aligned table, CSV or JSON (full precision, for scripts).")
+def compare(sweep_dir: str, metric: Optional[str], plot_path: Optional[str], best_config_path: Optional[str],
+            fmt: str) -> None:
     """Rank the trials of the sweep folder SWEEP_DIR (a local folder or a URI such as
     s3://bucket/sweeps/NAME): varied keys, best metric, epochs run, stopped early or not, wall
-    time. --plot and --best-config write local files."""
-    from trm_ray.tune.compare import format_table, plot_curves, summarize_sweep, write_best_config
+    time. A repro folder (`trm-ray repro`) shows every seed's best and final evaluation with the
+    mean, std and 95% intervals over seeds instead (--metric: that metric's rows only).
+    --plot and --best-config write local files."""
+    from trm_ray.tune.compare import format_summary, plot_curves, summarize_sweep, write_best_config
+    from trm_ray.tune.repro import format_report, is_repro, load_report
 
     try:
-        summary = summarize_sweep(sweep_dir, metric)
-        click.echo(format_table(summary))
+        if is_repro(sweep_dir):
+            if best_config_path:
+                raise ConfigError(f"--best-config: {sweep_dir} is a repro (one recipe, several seeds): it has no "
+                                  f"winning trial to write; drop --best-config")
+            click.echo(format_report(load_report(sweep_dir), fmt, metric))
+            summary = summarize_sweep(sweep_dir, metric) if plot_path else None
+        else:
+            summary = summarize_sweep(sweep_dir, metric)
+            click.echo(format_summary(summary, fmt))
+        # notes go to stderr when stdout is CSV or JSON for a script to read
         if plot_path:
             plot_curves(summary, plot_path)
-            click.echo(f"wrote {plot_path}")
+            click.echo(f"wrote {plot_path}", err=fmt != "table")
         if best_config_path:
             write_best_config(summary, best_config_path)
-            click.echo(f"wrote {best_config_path} (trial {summary.winner.history.trial_id})")
+            click.echo(f"wrote {best_config_path} (trial {summary.winner.history.trial_id})", err=fmt != "table")
     except ConfigError as error:
         raise click.ClickException(one_line(str(error))) from None
 

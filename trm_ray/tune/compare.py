@@ -4,6 +4,7 @@
     print(format_table(summary))
     plot_curves(summary, "curves.png")
     write_best_config(summary, "best.yaml")      # `trm-ray train best.yaml` runs the winner
+    print(format_summary(summary, "csv"))        # or "json": the same rows, full precision
 
 Every trial's row names its architecture (arch.name's short name; a sweep over `arch` shows
 each trial's label, e.g. `hrm` or `trm(L_cycles=6)`) and its parameter count, which training
@@ -14,13 +15,13 @@ architectures by their best trial; otherwise they stand before the wall time.
 
 from __future__ import annotations
 
-import math
+import csv
+import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-
-import yaml
 
 from trm_ray.config import ConfigError, TrainConfig, arch_short_name, build, to_yaml
 from trm_ray.storage import StorageError
@@ -168,6 +169,52 @@ def format_table(summary: SweepSummary) -> str:
     if lead:
         out.append(architecture_ranking(summary))
     return "\n".join(out)
+
+
+def trial_records(summary: SweepSummary) -> list[dict[str, Any]]:
+    """One mapping per trial, best first: what the table shows, with full-precision numbers
+    (the CSV and JSON formats)."""
+    varied = _shown_varied(summary)
+    records = []
+    for rank, row in enumerate(summary.rows, 1):
+        h = row.history
+        records.append({
+            "rank": rank if row.best is not None else None,
+            "trial": h.trial_id,
+            "arch": row.arch,
+            "params": row.num_parameters,
+            **{k: row.arch if isinstance(h.params.get(k), dict) else h.params.get(k) for k in varied},
+            f"best {summary.metric}": row.best,
+            "at epoch": row.best_epoch,
+            "epochs run": h.epochs_run,
+            "stopped early": h.stopped_early,
+            "status": h.status,
+            "wall time s": round(h.wall_time_s, 3),
+        })
+    return records
+
+
+def format_summary(summary: SweepSummary, fmt: str = "table") -> str:
+    """The ranked trials as `table` (format_table), `csv` (a header line, one line per trial)
+    or `json` ({"sweep_dir", "name", "metric", "mode", "varied", "trials": [...]})."""
+    if fmt == "table":
+        return format_table(summary)
+    records = trial_records(summary)
+    if fmt == "json":
+        return json.dumps({"sweep_dir": summary.sweep_dir, "name": summary.info.get("name"), "metric": summary.metric,
+                           "mode": summary.mode, "varied": summary.varied, "trials": records},
+                          indent=1, default=str)
+    if fmt == "csv":
+        columns = list(records[0]) if records else ["rank", "trial", "arch", "params", f"best {summary.metric}",
+                                                     "at epoch", "epochs run", "stopped early", "status",
+                                                     "wall time s"]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for record in records:
+            writer.writerow(["" if record[c] is None else record[c] for c in columns])
+        return out.getvalue().rstrip("\n")
+    raise ConfigError(f"format {fmt!r}: use table, csv or json")
 
 
 def architecture_ranking(summary: SweepSummary) -> str:
