@@ -37,3 +37,16 @@ def s3():
             else:
                 os.environ[key] = value
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray (2 CPUs) for the module; a module that needs more (an S3 server's variables
+    set first, say) defines its own."""
+    import ray
+
+    from trm_ray.cluster import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()

@@ -185,25 +185,9 @@ RAY_LR = (1.0e-3, 1.0e-2)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trm_ray.data.builder import build_dataset
-    from trm_ray.data.recipe import load_recipe
+    from ray_util import tiny_sudoku4
 
-    out = tmp_path_factory.mktemp("data") / "sudoku4"
-    recipe = load_recipe(None, {"kind": "sudoku", "source": "generate", "generate.size": 4, "generate.num_train": 128,
-                                "generate.num_test": 32, "num_aug": 0, "seed": 1})
-    build_dataset(recipe, str(out), use_ray=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    import ray
-
-    from trm_ray.cluster import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
+    return tiny_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", num_train=128, num_test=32)
 
 
 def write_search(folder: Path, dataset: Path, name: str, num_samples: int, concurrent: int) -> Path:

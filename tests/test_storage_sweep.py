@@ -57,14 +57,9 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from trm_ray.data.builder import build_dataset
-    from trm_ray.data.recipe import load_recipe
+    from ray_util import tiny_sudoku4
 
-    out = tmp_path_factory.mktemp("data") / "sudoku4"
-    recipe = load_recipe(None, {"kind": "sudoku", "source": "generate", "generate.size": 4, "generate.num_train": 200,
-                                "generate.num_test": 64, "num_aug": 0, "seed": 1})
-    build_dataset(recipe, str(out), use_ray=False)
-    return out
+    return tiny_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", num_train=200, num_test=64)
 
 
 @pytest.fixture(scope="module")

@@ -232,17 +232,6 @@ def test_compare_of_a_sweep_over_other_keys_keeps_its_layout_and_adds_arch_and_p
 # --------------------------------------------------------------------------------------------
 # End to end: experiments/sweeps/archs-sudoku6.yaml on local Ray
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_instance():
-    import ray
-
-    from trm_ray.cluster import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_archs_sudoku6_sweep_ranks_trm_hrm_and_the_transformer(tmp_path, ray_instance):
