@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 # The IAM calls that set up the key (create_user, create_access_key, put_user_policy) are the
 # only unauthenticated ones; everything after them is checked.
@@ -112,3 +113,12 @@ class S3Server:
         from process_util import stop_process
 
         stop_process(self.process)
+
+
+@contextmanager
+def refused_endpoint() -> Iterator[str]:
+    """An http://127.0.0.1:PORT endpoint that refuses every connection: the port stays bound (so no
+    other process, a Ray agent say, can take it and answer) but never listens."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"

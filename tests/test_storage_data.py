@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import fs_wrappers
+from s3_server import refused_endpoint
 from trm_ray import storage
 from trm_ray.cli.main import main
 from trm_ray.data.layout import BUILD_FILE, PENDING_FILE, DatasetError
@@ -170,12 +170,6 @@ def test_filesystem_without_folder_rename(tmp_path, monkeypatch):
     assert not any(name.startswith(("nr.", ".")) for name in os.listdir(tmp_path / "data")), os.listdir(tmp_path / "data")
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_bad_storage_is_one_line_and_writes_nothing(s3, monkeypatch):
     missing = run("data", "build", *SMALL, "--output-dir", "s3://no-such-bucket/data/x")
     assert_one_line_error(missing, "s3://no-such-bucket/data/x", "does not exist")
@@ -187,8 +181,9 @@ def test_bad_storage_is_one_line_and_writes_nothing(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
     assert s3.keys("trm", "data/denied") == []
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
-    unreachable = run("data", "build", *SMALL, "--output-dir", "s3://trm/data/unreachable")
+    with refused_endpoint() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        unreachable = run("data", "build", *SMALL, "--output-dir", "s3://trm/data/unreachable")
     assert_one_line_error(unreachable, "s3://trm/data/unreachable", "cannot reach")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     assert s3.keys("trm", "data/unreachable") == []

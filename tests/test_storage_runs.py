@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
+from s3_server import refused_endpoint  # noqa: E402
 from trm_ray import storage  # noqa: E402
 from trm_ray.checkpoint import MODEL_FILE, load_checkpoint, read_state_dict  # noqa: E402
 from trm_ray.cli.main import main  # noqa: E402
@@ -120,16 +121,11 @@ def trained_run(s3, local_ray, remote_dataset, tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 # Before Ray: one-line errors, nothing written
 # --------------------------------------------------------------------------------------------
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("case", ["missing bucket", "wrong credentials", "unreachable endpoint", "missing run"])
 def test_unusable_storage_is_one_line_before_ray(case, s3, remote_dataset, tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path)
     args = ["train", str(recipe), "run_name=bad"]
+    held = contextlib.ExitStack()  # the refused endpoint's port, until the command has run
     expected = {"missing bucket": ["ray.storage_path=s3://no-such-bucket/runs",
                                    "bucket 'no-such-bucket' does not exist"],
                 "wrong credentials": [DATA, "access denied", "AWS_SECRET_ACCESS_KEY"],
@@ -140,14 +136,15 @@ def test_unusable_storage_is_one_line_before_ray(case, s3, remote_dataset, tmp_p
     elif case == "wrong credentials":
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     elif case == "unreachable endpoint":
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", held.enter_context(refused_endpoint()))
     else:
         args = ["train", "--resume", "s3://trm/runs/does-not-exist"]
     monkeypatch.chdir(tmp_path)
     keys_before = s3.keys(BUCKET)
     ray_before = ray.is_initialized()
 
-    result = CliRunner().invoke(main, args)
+    with held:
+        result = CliRunner().invoke(main, args)
 
     assert_one_line_error(result, *expected)
     assert s3.keys(BUCKET) == keys_before  # nothing written (the probe object is gone too)
