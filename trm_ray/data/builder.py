@@ -19,7 +19,7 @@ import pickle
 import platform
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -263,6 +263,7 @@ def build_dataset(
     batch_size: Optional[int] = None,
     num_blocks: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
+    reserved_identifiers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build the dataset of `recipe` (a DatasetRecipe or a YAML path) into `output_dir`.
 
@@ -270,7 +271,8 @@ def build_dataset(
     (or data/<name>). Uses the running Ray instance, or starts a local one with `num_cpus`
     (use_ray=False runs the same steps in this process). Returns build.json's content.
     Raises DatasetBuildError (a ValueError) with a one-line message for bad inputs; then no
-    output folder is left behind.
+    output folder is left behind. reserved_identifiers (ARC): names that take the identifiers
+    right after the blank one, before the build's own (see DatasetWriter).
     """
     if not isinstance(recipe, DatasetRecipe):
         recipe = load_recipe(recipe)
@@ -280,7 +282,8 @@ def build_dataset(
     run = functools.partial(ordered_map, batch_size=batch, use_ray=use_ray, num_blocks=num_blocks)
     generate = recipe.kind != "arc" and recipe.resolved_source == "generate"
     # Output folder and source files are checked before Ray starts: a bad input fails in a second.
-    with DatasetWriter(output, use_identifiers=recipe.kind == "arc", overwrite=overwrite) as writer:
+    with DatasetWriter(output, use_identifiers=recipe.kind == "arc", overwrite=overwrite,
+                       reserved_identifiers=reserved_identifiers) as writer:
         test_puzzles, extra = None, {}
         if recipe.kind == "arc":
             tasks, test_puzzles = _arc_tasks(recipe)

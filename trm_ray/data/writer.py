@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -103,7 +103,11 @@ class DatasetWriter:
             w.finish(build_info)
     """
 
-    def __init__(self, output: str, *, use_identifiers: bool, overwrite: bool = False):
+    def __init__(self, output: str, *, use_identifiers: bool, overwrite: bool = False,
+                 reserved_identifiers: Sequence[str] = ()):
+        """reserved_identifiers: names that take identifiers 1..len (after the blank) before the
+        build's own puzzles, e.g. the puzzle table of a checkpoint that will train on this
+        dataset (trm_ray.posttrain): a puzzle whose name is reserved keeps that row."""
         output = os.fspath(output)  # a Path or a str; URIs stay strings
         self.output = output
         self.seq_len: Optional[int] = None
@@ -111,6 +115,8 @@ class DatasetWriter:
         self.use_identifiers = use_identifiers
         self.overwrite = overwrite
         self._identifiers: dict[str, int] = {layout.BLANK_IDENTIFIER: 0}
+        for name in reserved_identifiers:
+            self._identifiers.setdefault(name, len(self._identifiers))
         self._splits: dict[str, _SplitWriter] = {}
         suffix = f".tmp-{uuid.uuid4().hex[:8]}"
         self._remote = layout.is_uri(output)
