@@ -22,6 +22,7 @@ COMMANDS = [
     ("trm_ray.cli.sweep", "sweep"),
     ("trm_ray.cli.sweep", "compare"),
     ("trm_ray.cli.repro", "repro"),
+    ("trm_ray.cli.posttrain", "posttrain"),
     ("trm_ray.cli.submit", "submit"),
     ("trm_ray.cli.submit", "jobs"),
 ]

@@ -1,0 +1,223 @@
+"""`trm-ray posttrain` end to end on local Ray: a tiny ARC checkpoint post-trained on four real
+ARC-AGI-2 evaluation tasks in two chunks (marked slow: one job ~1.5 min, a time-limited one
+~40 s).
+
+The job runs once per module with a worker killed mid-run; the tests read what it left: the
+merged submission against the tasks file read here, the chunks' timings, the demonstration
+pairs' fit before and after, the W&B offline runs, then a --resume and a --time-limit job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.posttrain_util import ARC, TASKS, tiny_checkpoint, write_tasks
+from tests.ray_util import ray_processes_of_this_session
+from trm_ray.cli.main import main
+from trm_ray.posttrain import chunk as C
+from trm_ray.posttrain.job import FALLBACK, FINETUNED, PLACEHOLDER, PosttrainOptions, chunk_dir, run_posttrain
+from trm_ray.train.loop import FAULT_ENV
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.skipif(not Path(f"{ARC}_evaluation2_challenges.json").is_file(),
+                                                   reason="needs ../shared/data/arc")]
+
+
+def options(checkpoint: Path, tasks: Path, out: Path, **overrides) -> PosttrainOptions:
+    values = dict(checkpoint=str(checkpoint), tasks=str(tasks), out=str(out), chunks=2, num_aug=3, steps=16,
+                  train={"global_batch_size": 8, "lr": 1e-3}, resources_per_chunk={"CPU": 1.0})
+    return PosttrainOptions(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def job(ray_instance, tmp_path_factory):
+    """The job, run once: two chunks at once, one of them losing its worker at step 8."""
+    root = tmp_path_factory.mktemp("posttrain")
+    checkpoint, tasks = tiny_checkpoint(root / "ckpt"), write_tasks(root / "tasks")
+    marker = root / "fault-marker"
+    saved = {k: os.environ.get(k) for k in (FAULT_ENV, "WANDB_MODE", "WANDB_SILENT")}
+    os.environ.update({FAULT_ENV: f"8:0:{marker}", "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    lines: list[str] = []
+    try:
+        summary = run_posttrain(options(checkpoint, tasks, root / "out"), log=lines.append)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    return {"root": root, "checkpoint": checkpoint, "tasks": tasks, "out": root / "out", "summary": summary,
+            "lines": lines, "marker": marker}
+
+
+def test_merged_submission_covers_every_task_and_test_input_in_order(job):
+    challenges = json.loads(job["tasks"].read_text())
+    submission = json.loads((job["out"] / "submission.json").read_text())
+    assert list(submission) == list(challenges) == TASKS
+    for name, task in challenges.items():
+        assert len(submission[name]) == len(task["test"])
+        for entry in submission[name]:
+            assert set(entry) == {"attempt_1", "attempt_2"}
+            for grid in entry.values():
+                assert grid and all(isinstance(row, list) and all(0 <= c <= 9 for c in row) for row in grid)
+    assert [c["status"] for c in job["summary"]["chunks"]] == [FINETUNED, FINETUNED]
+    # each chunk's part of the merge is that chunk's own submission
+    for k, chunk in enumerate(job["summary"]["chunks"]):
+        part = json.loads((Path(chunk_dir(str(job["out"]), k)) / C.SUBMISSION_FILE).read_text())
+        assert {n: submission[n] for n in chunk["tasks"]} == part
+
+
+def test_scores_match_the_solutions_counted_here(job):
+    solutions = json.loads(job["tasks"].with_name("arc-agi_tiny_solutions.json").read_text())
+    submission = json.loads((job["out"] / "submission.json").read_text())
+    solved = {1: 0.0, 2: 0.0}
+    for name, outputs in solutions.items():
+        for entry, truth in zip(submission[name], outputs):
+            solved[1] += (entry["attempt_1"] == truth) / len(outputs)
+            solved[2] += (truth in (entry["attempt_1"], entry["attempt_2"])) / len(outputs)
+    overall = job["summary"]["scores"]["overall"]["posttrained"]
+    assert overall["pass@1"] == pytest.approx(solved[1] / 4) and overall["pass@2"] == pytest.approx(solved[2] / 4)
+    assert set(job["summary"]["scores"]) == {"overall", "chunk 0", "chunk 1"}
+    assert any("pretrained pass@1" in line for line in job["lines"])  # the table was printed
+
+
+def test_two_chunks_fine_tuned_at_the_same_time(job):
+    first, second = job["summary"]["chunks"]
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
+
+
+def test_post_training_fits_the_demonstration_pairs_better(job):
+    for chunk in job["summary"]["chunks"]:
+        before, after = chunk["fit_before"], chunk["fit_after"]
+        assert before["demo_rows"] == after["demo_rows"] > 0
+        assert after["demo_token_accuracy"] > before["demo_token_accuracy"] + 0.05, chunk
+
+
+def test_a_killed_worker_is_retried_from_its_last_checkpoint(job):
+    assert job["marker"].is_file()  # a worker died at step 8 (of the chunk that got there first)
+    for k, chunk in enumerate(job["summary"]["chunks"]):
+        text = (Path(chunk["run"]) / "metrics.jsonl").read_text()
+        steps = [json.loads(line)["step"] for line in text.splitlines()]
+        # every step ran, and none was reported twice: the restarted worker went on from the
+        # checkpoint before step 8, it did not start over
+        assert chunk["steps"] == steps[-1] > 8 and steps == sorted(set(steps)), steps
+        assert steps[0] < 8
+
+
+def test_one_wandb_group_with_one_run_per_chunk(job):
+    from tests.test_tracking_wandb import log_records, of_kind, run_files
+
+    groups = set()
+    for k, chunk in enumerate(job["summary"]["chunks"]):
+        # (the chunk whose worker was killed has a second file: the run resumed after the restart)
+        runs = [run for f in run_files(Path(chunk["run"])) for run in of_kind(log_records(f.read_bytes()), "run")]
+        assert runs, f"chunk {k} has no W&B offline run"
+        assert {run.display_name for run in runs} == {f"{job['summary']['job_id']}-chunk-{k}"}
+        assert all("posttrain" in run.tags and run.project == "arc-posttrain" for run in runs)
+        groups |= {run.run_group for run in runs}
+    assert groups == {f"posttrain-{job['summary']['job_id']}"} and job["summary"]["job_id"].startswith("out-")
+
+
+def test_resume_reruns_nothing_finished(job):
+    before = {p: p.stat().st_mtime_ns for p in job["out"].rglob("*") if p.is_file() and "chunks" in p.parts}
+    lines: list[str] = []
+    summary = run_posttrain(options(job["checkpoint"], job["tasks"], job["out"], resume=True), log=lines.append)
+    assert [line for line in lines if line.startswith("chunk")] == ["chunk 0: finished before, kept",
+                                                                     "chunk 1: finished before, kept"]
+    after = {p: p.stat().st_mtime_ns for p in job["out"].rglob("*") if p.is_file() and "chunks" in p.parts}
+    assert after == before
+    assert summary["scores"] == job["summary"]["scores"]
+
+
+def test_time_limit_still_gives_a_complete_submission(job, tmp_path):
+    # The chunks' datasets and pretrained predictions are those of the finished job (copied),
+    # so the limit falls in the fine-tunes, which would need far more than the time given.
+    out = tmp_path / "limited"
+    for k in (0, 1):
+        source, target = Path(chunk_dir(str(job["out"]), k)), Path(chunk_dir(str(out), k))
+        target.mkdir(parents=True)
+        for name in (C.DATA_DIR, C.BASE_DIR):
+            shutil.copytree(source / name, target / name)
+        shutil.copy(source / C.PRETRAINED_FILE, target / C.PRETRAINED_FILE)
+    limited = options(job["checkpoint"], job["tasks"], out, steps=100000, time_limit=25.0, resume=True)
+    (out / "job.json").write_text(json.dumps({"job_id": "limited-0", **limited.identity()}))
+    summary = run_posttrain(limited, log=lambda line: None)
+    assert [c["status"] for c in summary["chunks"]] == [FALLBACK, FALLBACK]
+    submission = json.loads((out / "submission.json").read_text())
+    assert list(submission) == TASKS
+    pretrained = {}
+    for k in (0, 1):
+        pretrained.update(json.loads((Path(chunk_dir(str(out), k)) / C.PRETRAINED_FILE).read_text())["submission"])
+    assert submission == {n: pretrained[n] for n in TASKS}
+    assert PLACEHOLDER not in {c["status"] for c in summary["chunks"]}
+    # and the cancelled fine-tunes stopped: no training process outlives the job
+    deadline = time.time() + 30
+    while training_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    left = training_processes()
+    assert left == [], [" ".join(line.split()) for line in left]
+
+
+def training_processes() -> list[str]:
+    import psutil
+
+    found = []
+    for process in ray_processes_of_this_session():
+        try:
+            line = " ".join(process.cmdline())
+        except psutil.Error:  # ended while we looked
+            continue
+        if any(name in line for name in ("RayTrainWorker", "TrainController", "_wave_two")):
+            found.append(line)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, nothing written (no Ray needed)
+# --------------------------------------------------------------------------------------------
+def posttrain_cli(*args: str):
+    return CliRunner().invoke(main, ["posttrain", *args])
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    checkpoint, tasks = tiny_checkpoint(tmp_path / "ckpt"), write_tasks(tmp_path / "tasks")
+    out = tmp_path / "out"
+
+    no_tests = tmp_path / "bad" / "arc-agi_notest_challenges.json"
+    no_tests.parent.mkdir()
+    data = json.loads(tasks.read_text())
+    data[TASKS[1]]["test"] = []
+    no_tests.write_text(json.dumps(data))
+    unknown = write_tasks(tmp_path / "unknown", drop_solution=TASKS[2])
+    sudoku = tiny_checkpoint(tmp_path / "sudoku", vocab_size=11, seq_len=81)
+    short = tiny_checkpoint(tmp_path / "short", seq_len=400)
+    cases = [
+        ([str(checkpoint), "--tasks", str(no_tests)], [TASKS[1], "test input"]),
+        ([str(checkpoint), "--tasks", str(unknown)], [TASKS[2], "solutions"]),
+        ([str(sudoku), "--tasks", str(tasks)], ["vocabulary of 11", "12"]),
+        ([str(short), "--tasks", str(tasks)], ["400", "900"]),
+        ([str(checkpoint), "--tasks", str(tasks), "--chunks", "5"], ["--chunks 5", "4 tasks"]),
+        ([str(tmp_path / "missing"), "--tasks", str(tasks)], ["missing"]),
+    ]
+    for args, needles in cases:
+        result = posttrain_cli(*args, "--out", str(out))
+        assert result.exit_code == 1, (args, result.output)
+        message = result.output.strip()
+        assert message.startswith("Error: ") and "\n" not in message and "Traceback" not in message, message
+        for needle in needles:
+            assert needle in message, (needle, message)
+        assert not out.exists()
+
+
+def test_an_existing_job_needs_resume(tmp_path):
+    checkpoint, tasks = tiny_checkpoint(tmp_path / "ckpt"), write_tasks(tmp_path / "tasks")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "job.json").write_text(json.dumps(options(checkpoint, tasks, out).identity()))
+    result = posttrain_cli(str(checkpoint), "--tasks", str(tasks), "--out", str(out))
+    assert result.exit_code == 1 and "--resume" in result.output and "\n" not in result.output.strip()
+    other = posttrain_cli(str(checkpoint), "--tasks", str(tasks), "--out", str(out), "--resume", "--num-aug", "7")
+    assert other.exit_code == 1 and "num_aug" in other.output, other.output
