@@ -2,16 +2,17 @@
 ARC-AGI-2 evaluation tasks in two chunks (marked slow: one job ~1.5 min, a time-limited one
 ~40 s).
 
-The job runs once per module with a worker killed mid-run; the tests read what it left: the
-merged submission against the tasks file read here, the chunks' timings, the demonstration
-pairs' fit before and after, the W&B offline runs, then a --resume and a --time-limit job.
+The job runs once per module, its --out in a bucket of a real S3-protocol server (as on a
+cluster: every chunk's dataset, base checkpoint, run and predictions go through it), with a
+worker killed mid-run; the tests read what it left: the merged submission against the tasks
+file read here, the chunks' timings, the demonstration pairs' fit before and after, the W&B
+offline runs, then a --resume and a --time-limit job.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 
 from tests.posttrain_util import ARC, TASKS, tiny_checkpoint, write_tasks
 from tests.ray_util import ray_processes_of_this_session
+from trm_ray import storage
 from trm_ray.cli.main import main
 from trm_ray.posttrain import chunk as C
 from trm_ray.posttrain.job import FALLBACK, FINETUNED, PLACEHOLDER, PosttrainOptions, chunk_dir, run_posttrain
@@ -36,26 +38,48 @@ def options(checkpoint: Path, tasks: Path, out: Path, **overrides) -> PosttrainO
 
 
 @pytest.fixture(scope="module")
-def job(ray_instance, tmp_path_factory):
-    """The job, run once: two chunks at once, one of them losing its worker at step 8."""
+def ray_instance(s3, tmp_path_factory):
+    """One local Ray for the module, started after the S3 server's AWS_* variables are set (every
+    Ray worker inherits them) and with the dataset cache in a temporary folder."""
+    import ray
+
+    from trm_ray.cluster import connect
+
+    previous = os.environ.get("TRM_RAY_CACHE")
+    os.environ["TRM_RAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+    os.environ.pop("TRM_RAY_CACHE") if previous is None else os.environ.__setitem__("TRM_RAY_CACHE", previous)
+
+
+@pytest.fixture(scope="module")
+def job(ray_instance, s3, tmp_path_factory):
+    """The job, run once into s3://trm/posttrain: two chunks at once, one of them losing its
+    worker at step 8."""
     root = tmp_path_factory.mktemp("posttrain")
     checkpoint, tasks = tiny_checkpoint(root / "ckpt"), write_tasks(root / "tasks")
     marker = root / "fault-marker"
     saved = {k: os.environ.get(k) for k in (FAULT_ENV, "WANDB_MODE", "WANDB_SILENT")}
     os.environ.update({FAULT_ENV: f"8:0:{marker}", "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     lines: list[str] = []
+    out = "s3://trm/posttrain"
     try:
-        summary = run_posttrain(options(checkpoint, tasks, root / "out"), log=lines.append)
+        summary = run_posttrain(options(checkpoint, tasks, out), log=lines.append)
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-    return {"root": root, "checkpoint": checkpoint, "tasks": tasks, "out": root / "out", "summary": summary,
+    return {"root": root, "checkpoint": checkpoint, "tasks": tasks, "out": out, "summary": summary,
             "lines": lines, "marker": marker}
+
+
+def read_json(location: str):
+    return json.loads(storage.read_text(location))
 
 
 def test_merged_submission_covers_every_task_and_test_input_in_order(job):
     challenges = json.loads(job["tasks"].read_text())
-    submission = json.loads((job["out"] / "submission.json").read_text())
+    submission = read_json(storage.join(job["out"], "submission.json"))
     assert list(submission) == list(challenges) == TASKS
     for name, task in challenges.items():
         assert len(submission[name]) == len(task["test"])
@@ -66,13 +90,13 @@ def test_merged_submission_covers_every_task_and_test_input_in_order(job):
     assert [c["status"] for c in job["summary"]["chunks"]] == [FINETUNED, FINETUNED]
     # each chunk's part of the merge is that chunk's own submission
     for k, chunk in enumerate(job["summary"]["chunks"]):
-        part = json.loads((Path(chunk_dir(str(job["out"]), k)) / C.SUBMISSION_FILE).read_text())
+        part = read_json(storage.join(chunk_dir(job["out"], k), C.SUBMISSION_FILE))
         assert {n: submission[n] for n in chunk["tasks"]} == part
 
 
 def test_scores_match_the_solutions_counted_here(job):
     solutions = json.loads(job["tasks"].with_name("arc-agi_tiny_solutions.json").read_text())
-    submission = json.loads((job["out"] / "submission.json").read_text())
+    submission = read_json(storage.join(job["out"], "submission.json"))
     solved = {1: 0.0, 2: 0.0}
     for name, outputs in solutions.items():
         for entry, truth in zip(submission[name], outputs):
@@ -99,7 +123,7 @@ def test_post_training_fits_the_demonstration_pairs_better(job):
 def test_a_killed_worker_is_retried_from_its_last_checkpoint(job):
     assert job["marker"].is_file()  # a worker died at step 8 (of the chunk that got there first)
     for k, chunk in enumerate(job["summary"]["chunks"]):
-        text = (Path(chunk["run"]) / "metrics.jsonl").read_text()
+        text = storage.read_text(storage.join(chunk["run"], "metrics.jsonl"))
         steps = [json.loads(line)["step"] for line in text.splitlines()]
         # every step ran, and none was reported twice: the restarted worker went on from the
         # checkpoint before step 8, it did not start over
@@ -107,29 +131,33 @@ def test_a_killed_worker_is_retried_from_its_last_checkpoint(job):
         assert steps[0] < 8
 
 
-def test_one_wandb_group_with_one_run_per_chunk(job):
+def test_one_wandb_group_with_one_run_per_chunk(job, tmp_path):
     from tests.test_tracking_wandb import log_records, of_kind, run_files
 
     groups = set()
     for k, chunk in enumerate(job["summary"]["chunks"]):
-        # (the chunk whose worker was killed has a second file: the run resumed after the restart)
-        runs = [run for f in run_files(Path(chunk["run"])) for run in of_kind(log_records(f.read_bytes()), "run")]
+        local = tmp_path / str(k)
+        storage.download_dir(storage.join(chunk["run"], "wandb"), local / "wandb")  # uploaded there at the end
+        runs = [run for f in run_files(local) for run in of_kind(log_records(f.read_bytes()), "run")]
         assert runs, f"chunk {k} has no W&B offline run"
         assert {run.display_name for run in runs} == {f"{job['summary']['job_id']}-chunk-{k}"}
         assert all("posttrain" in run.tags and run.project == "arc-posttrain" for run in runs)
         groups |= {run.run_group for run in runs}
-    assert groups == {f"posttrain-{job['summary']['job_id']}"} and job["summary"]["job_id"].startswith("out-")
+    assert groups == {f"posttrain-{job['summary']['job_id']}"} and job["summary"]["job_id"].startswith("posttrain-")
 
 
-def test_resume_reruns_nothing_finished(job):
-    before = {p: p.stat().st_mtime_ns for p in job["out"].rglob("*") if p.is_file() and "chunks" in p.parts}
+def test_resume_reruns_nothing_finished(job, s3):
+    def objects() -> dict[str, object]:
+        pages = s3._client("s3").get_paginator("list_objects_v2").paginate(Bucket="trm", Prefix="posttrain/chunks/")
+        return {o["Key"]: (o["LastModified"], o["ETag"]) for page in pages for o in page.get("Contents", [])}
+
+    before = objects()
     lines: list[str] = []
     summary = run_posttrain(options(job["checkpoint"], job["tasks"], job["out"], resume=True), log=lines.append)
     assert [line for line in lines if line.startswith("chunk")] == ["chunk 0: finished before, kept",
                                                                      "chunk 1: finished before, kept"]
-    after = {p: p.stat().st_mtime_ns for p in job["out"].rglob("*") if p.is_file() and "chunks" in p.parts}
-    assert after == before
-    assert summary["scores"] == job["summary"]["scores"]
+    assert objects() == before and len(before) > 10  # no chunk object written again, none added
+    assert summary["scores"] == job["summary"]["scores"] and summary["job_id"] == job["summary"]["job_id"]
 
 
 def test_time_limit_still_gives_a_complete_submission(job, tmp_path):
@@ -137,11 +165,10 @@ def test_time_limit_still_gives_a_complete_submission(job, tmp_path):
     # so the limit falls in the fine-tunes, which would need far more than the time given.
     out = tmp_path / "limited"
     for k in (0, 1):
-        source, target = Path(chunk_dir(str(job["out"]), k)), Path(chunk_dir(str(out), k))
-        target.mkdir(parents=True)
+        source, target = chunk_dir(job["out"], k), Path(chunk_dir(str(out), k))
         for name in (C.DATA_DIR, C.BASE_DIR):
-            shutil.copytree(source / name, target / name)
-        shutil.copy(source / C.PRETRAINED_FILE, target / C.PRETRAINED_FILE)
+            storage.download_dir(storage.join(source, name), target / name)
+        (target / C.PRETRAINED_FILE).write_text(storage.read_text(storage.join(source, C.PRETRAINED_FILE)))
     limited = options(job["checkpoint"], job["tasks"], out, steps=100000, time_limit=25.0, resume=True)
     (out / "job.json").write_text(json.dumps({"job_id": "limited-0", **limited.identity()}))
     summary = run_posttrain(limited, log=lambda line: None)
