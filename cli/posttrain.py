@@ -74,6 +74,10 @@ def parse_resources(text: str) -> dict[str, float]:
                                                     "checkpoint's).")
 @click.option("--warmup", "warmup_fraction", type=float, default=0.1, show_default=True,
               help="Learning-rate warmup as a fraction of the steps.")
+@click.option("--puzzle-table", type=click.Choice(["keep", "new"]), default="keep", show_default=True,
+              help="keep: the checkpoint's puzzle table plus a row per new puzzle (a puzzle the checkpoint's own dataset "
+                   "had keeps its row); new: only the chunk's puzzles, all starting at the mean row (small checkpoints "
+                   "when the pretrained table is large, e.g. on a Kaggle disk).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the augmentations and the fine-tunes.")
 @click.option("--resources-per-chunk", default="CPU=1", show_default=True, help="Ray resources of one worker of a "
                                                                                "chunk, e.g. GPU=1,CPU=4.")
@@ -91,7 +95,8 @@ def parse_resources(text: str) -> dict[str, float]:
 @click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
 def posttrain(checkpoint: str, tasks: str, subset: Optional[str], solutions: Optional[str], chunks: int,
               num_aug: int, steps: Optional[int], epochs: Optional[int], lr: Optional[float],
-              puzzle_emb_lr: Optional[float], global_batch_size: Optional[int], warmup_fraction: float, seed: int,
+              puzzle_emb_lr: Optional[float], global_batch_size: Optional[int], warmup_fraction: float, puzzle_table: str,
+              seed: int,
               resources_per_chunk: str, workers_per_chunk: int, max_concurrent: Optional[int], max_retries: int,
               time_limit: Optional[str], out: Optional[str], resume: bool, no_wandb: bool,
               wandb_project: Optional[str], address: Optional[str]) -> None:
@@ -116,7 +121,7 @@ def posttrain(checkpoint: str, tasks: str, subset: Optional[str], solutions: Opt
              "warmup_fraction": warmup_fraction}
     options = PosttrainOptions(
         checkpoint=checkpoint, tasks=tasks, subset=subset, solutions=solutions, out=out, chunks=chunks,
-        num_aug=num_aug, seed=seed, steps=steps, epochs=epochs, train={k: v for k, v in train.items() if v is not None},
+        num_aug=num_aug, keep_table=puzzle_table == "keep", seed=seed, steps=steps, epochs=epochs, train={k: v for k, v in train.items() if v is not None},
         resources_per_chunk=parse_resources(resources_per_chunk), workers_per_chunk=workers_per_chunk,
         max_concurrent=max_concurrent, max_retries=max_retries,
         time_limit=parse_duration(time_limit) if time_limit else None, resume=resume, wandb=not no_wandb,

@@ -26,6 +26,8 @@ def test_grown_table_keeps_the_saved_rows_and_starts_new_ones_at_their_mean():
     grown = C.grown_state({PUZZLE_TABLE_KEY: table, "other": torch.ones(1)}, 5)[PUZZLE_TABLE_KEY]
     assert grown.tolist() == [[1, 2], [3, -4], [5, 8], [3, 2], [3, 2]]
     assert C.grown_state({PUZZLE_TABLE_KEY: table}, 3)[PUZZLE_TABLE_KEY] is table
+    # --puzzle-table new: the chunk's rows only, every one at the saved rows' mean
+    assert C.grown_state({PUZZLE_TABLE_KEY: table}, 2, keep=False)[PUZZLE_TABLE_KEY].tolist() == [[3, 2], [3, 2]]
 
 
 @needs_arc
@@ -106,3 +108,11 @@ def test_prepare_and_config_inherit_the_checkpoint_and_fit_its_table(tmp_path):
     model = load_checkpoint(Path(folder) / "base")
     fit = C.demo_fit(model, str(Path(folder) / "data"), max_rows=6)
     assert fit["demo_rows"] == 6 and 0 <= fit["demo_token_accuracy"] <= 1
+
+    # --puzzle-table new: nothing reserved, a table of the chunk's puzzles at the mean row
+    fresh = str(tmp_path / "fresh")
+    C.prepare(fresh, str(checkpoint), task_set, TASKS[:2], num_aug=2, seed=0, use_ray=False, keep_table=False)
+    fresh_names = layout.load_identifiers(Path(fresh) / "data")
+    assert fresh_names[0] == "<blank>" and fresh_names[1:] == names[5:]  # the same puzzles, numbered from 1
+    fresh_table = read_state_dict(Path(fresh) / "base" / "model.pt")[PUZZLE_TABLE_KEY]
+    assert torch.allclose(fresh_table, old.mean(0).expand(len(fresh_names), -1))

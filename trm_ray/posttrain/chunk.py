@@ -15,7 +15,9 @@ Puzzle table: the chunk dataset reserves the identifiers 1..R-1 for the checkpoi
 (with the names of the checkpoint's dataset when it is on this machine, placeholders
 otherwise), so a puzzle the checkpoint trained on keeps its row and every other puzzle gets a
 new row set to the mean of the saved rows, the value the reference gives rows of puzzles it
-has not seen (trm_ray.checkpoint.load_weights_into); the saved rows stay as they were.
+has not seen (trm_ray.checkpoint.load_weights_into); the saved rows stay as they were. With
+keep_table=False the chunk's table has only its own puzzles' rows, all at that mean: a paper
+ARC table is ~1M rows (GBs), which every checkpoint of every chunk would otherwise carry.
 """
 
 from __future__ import annotations
@@ -100,22 +102,25 @@ def reserved_names(saved_config: Mapping[str, Any], rows: int) -> list[str]:
     return [f"<pretrained row {i}>" for i in range(1, rows)]
 
 
-def grown_state(state: Mapping[str, Any], rows: int) -> dict[str, Any]:
+def grown_state(state: Mapping[str, Any], rows: int, keep: bool = True) -> dict[str, Any]:
     """The state dict with its puzzle table grown to `rows`: saved rows kept, new rows set to
-    the mean of the saved rows."""
+    the mean of the saved rows. keep=False: every one of the `rows` rows set to that mean (the
+    reference's rule for a table of another size)."""
     import torch
 
     from trm_ray.checkpoint import PUZZLE_TABLE_KEY
 
     state = dict(state)
     table = state.get(PUZZLE_TABLE_KEY)
-    if table is not None and rows > table.shape[0]:
-        mean = table.float().mean(0, keepdim=True).to(table.dtype)
-        state[PUZZLE_TABLE_KEY] = torch.cat([table, mean.expand(rows - table.shape[0], -1)]).contiguous()
+    if table is None or (keep and rows <= table.shape[0]):
+        return state
+    mean = table.float().mean(0, keepdim=True).to(table.dtype)
+    kept = table if keep else table[:0]
+    state[PUZZLE_TABLE_KEY] = torch.cat([kept, mean.expand(rows - kept.shape[0], -1)]).contiguous()
     return state
 
 
-def write_base(state: Mapping[str, Any], arch: Any, rows: int, dataset_shape: Any, out: str) -> str:
+def write_base(state: Mapping[str, Any], arch: Any, rows: int, dataset_shape: Any, out: str, keep: bool = True) -> str:
     """model.pt + all_config.yaml of the chunk's starting point at `out` (a folder or URI)."""
     import torch
 
@@ -125,7 +130,7 @@ def write_base(state: Mapping[str, Any], arch: Any, rows: int, dataset_shape: An
     from trm_ray.model import build_model
 
     model = build_model(arch, dataset_shape, batch_size=1)
-    load_weights_into(model, grown_state(state, rows), source="post-training base")
+    load_weights_into(model, grown_state(state, rows, keep), source="post-training base")
     with tempfile.TemporaryDirectory(prefix="trm-ray-base-") as tmp:
         torch.save(reference_state_dict(model), Path(tmp) / MODEL_FILE)
         (Path(tmp) / CONFIG_FILE).write_text(yaml.safe_dump(reference_config_dict(arch, None, dataset_shape), sort_keys=False))
@@ -152,10 +157,12 @@ def publish_dir(local: str, out: str) -> None:
 # Stage 1: dataset and base checkpoint
 # --------------------------------------------------------------------------------------------
 def prepare(chunk_dir: str, checkpoint: str, task_set: Any, names: list[str], num_aug: int, seed: int,
-            use_ray: bool = True) -> dict[str, Any]:
+            use_ray: bool = True, keep_table: bool = True) -> dict[str, Any]:
     """Build the dataset of the tasks `names` of `task_set` (a trm_ray.posttrain.tasks.TaskSet)
     with Ray Data on the running Ray (use_ray=False: in this process), and the chunk's base
-    checkpoint; each is skipped when an earlier attempt finished it. Returns {"build_s", "table_rows"}."""
+    checkpoint; each is skipped when an earlier attempt finished it. keep_table=False: the
+    chunk's table holds only its own puzzles, every row at the mean of the saved rows (nothing
+    reserved). Returns {"build_s", "table_rows"}."""
     from trm_ray.config import DataShape
     from trm_ray.data import layout
     from trm_ray.data.builder import build_dataset
@@ -173,7 +180,7 @@ def prepare(chunk_dir: str, checkpoint: str, task_set: Any, names: list[str], nu
                                    test_set_name=task_set.subset, num_aug=num_aug, seed=seed)
             # overwrite: a folder here is an attempt that died before build.json (never a finished build)
             build_dataset(recipe, data_dir, overwrite=True, use_ray=use_ray,
-                          reserved_identifiers=reserved_names(saved, rows))
+                          reserved_identifiers=reserved_names(saved, rows) if keep_table else ())
     build_s = time.perf_counter() - started
     base_dir = storage.join(chunk_dir, BASE_DIR)
     from trm_ray.checkpoint import MODEL_FILE
@@ -184,7 +191,7 @@ def prepare(chunk_dir: str, checkpoint: str, task_set: Any, names: list[str], nu
         meta = layout.load_metadata(resolve_data_path(data_dir), "train")
         shape = DataShape(seq_len=meta.seq_len, vocab_size=meta.vocab_size,
                           num_puzzle_identifiers=meta.num_puzzle_identifiers)
-        write_base(state, arch, meta.num_puzzle_identifiers, shape, base_dir)
+        write_base(state, arch, meta.num_puzzle_identifiers, shape, base_dir, keep=keep_table)
     return {"build_s": round(build_s, 3), "table_rows": rows}
 
 

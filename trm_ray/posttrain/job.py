@@ -38,7 +38,7 @@ from trm_ray.posttrain.tasks import PosttrainError, TaskSet, format_scores, load
 
 JOB_FILE, SUMMARY_FILE, SUBMISSION_FILE = "job.json", "posttrain.json", "submission.json"
 # What a resumed job must share with the one it continues (everything that changes results).
-JOB_IDENTITY = ("checkpoint", "tasks", "subset", "chunks", "num_aug", "seed", "steps", "epochs", "train")
+JOB_IDENTITY = ("checkpoint", "tasks", "subset", "chunks", "num_aug", "seed", "steps", "epochs", "train", "keep_table")
 FINETUNED, FALLBACK, PLACEHOLDER = "post-trained", "pretrained (time limit)", "placeholder (time limit)"
 FAILED = "pretrained (chunk failed)"
 WANDB_PROJECT = "arc-posttrain"  # every job's chunks in one project, a group per job
@@ -53,6 +53,7 @@ class PosttrainOptions:
     subset: Optional[str] = None
     solutions: Optional[str] = None
     num_aug: int = 100
+    keep_table: bool = True  # False: each chunk's puzzle table holds only its own puzzles (trm_ray.posttrain.chunk)
     seed: int = 0
     steps: Optional[int] = None
     epochs: Optional[int] = None
@@ -101,13 +102,13 @@ def _wave_one(opts: PosttrainOptions, index: int, task_set: TaskSet, names: list
 
     import logging
 
-    from trm_ray.cluster import quiet_ray_data_console
-
-    # The job prints one line per chunk stage; Ray Data's bars from every chunk would bury them.
+    # The job prints one line per chunk stage; Ray Data's bars and per-dataset lines from every
+    # chunk would bury them (this process is the chunk's own, so its logger is ours to set).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    quiet_ray_data_console(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
     folder = chunk_dir(opts.out, index)
-    info = C.prepare(folder, opts.checkpoint, task_set, names, opts.num_aug, opts.seed)
+    info = C.prepare(folder, opts.checkpoint, task_set, names, opts.num_aug, opts.seed, keep_table=opts.keep_table)
     if not storage.is_file(storage.join(folder, C.PRETRAINED_FILE)):
         threads = max(1, int(opts.resources_per_chunk.get("CPU", 1)))
         ray.get(_predict_remote(opts.resources_per_chunk).remote(
