@@ -241,6 +241,11 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
     log(f"trm-ray posttrain: {len(task_set.challenges)} tasks, {task_set.num_test_inputs} test inputs, "
         f"{len(chunks)} chunks -> {opts.out}")
     started_ray = connect(opts.address)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1 and not storage.is_uri(opts.out):
+        # Chunks run on any node and write their folders themselves.
+        log(f"trm-ray posttrain: warning: --out {opts.out} is a local path and the cluster has {nodes} nodes: "
+            f"it must be a filesystem every node shares, else use a URI (s3://..., gs://...)")
     statuses: dict[int, str] = {}
     records: dict[int, dict[str, Any]] = {}
     try:
