@@ -122,18 +122,13 @@ def grown_state(state: Mapping[str, Any], rows: int, keep: bool = True) -> dict[
 
 def write_base(state: Mapping[str, Any], arch: Any, rows: int, dataset_shape: Any, out: str, keep: bool = True) -> str:
     """model.pt + all_config.yaml of the chunk's starting point at `out` (a folder or URI)."""
-    import torch
-
-    import yaml
-
-    from trm_ray.checkpoint import CONFIG_FILE, MODEL_FILE, load_weights_into, reference_config_dict, reference_state_dict
+    from trm_ray.checkpoint import load_weights_into, save_checkpoint
     from trm_ray.model import build_model
 
     model = build_model(arch, dataset_shape, batch_size=1)
     load_weights_into(model, grown_state(state, rows, keep), source="post-training base")
     with tempfile.TemporaryDirectory(prefix="trm-ray-base-") as tmp:
-        torch.save(reference_state_dict(model), Path(tmp) / MODEL_FILE)
-        (Path(tmp) / CONFIG_FILE).write_text(yaml.safe_dump(reference_config_dict(arch, None, dataset_shape), sort_keys=False))
+        save_checkpoint(model, f"{tmp}/", arch, dataset_shape)
         publish_dir(tmp, out)
     return out
 
@@ -160,39 +155,47 @@ def prepare(chunk_dir: str, checkpoint: str, task_set: Any, names: list[str], nu
             use_ray: bool = True, keep_table: bool = True) -> dict[str, Any]:
     """Build the dataset of the tasks `names` of `task_set` (a trm_ray.posttrain.tasks.TaskSet)
     with Ray Data on the running Ray (use_ray=False: in this process), and the chunk's base
-    checkpoint; each is skipped when an earlier attempt finished it. keep_table=False: the
-    chunk's table holds only its own puzzles, every row at the mean of the saved rows (nothing
-    reserved). Returns {"build_s", "table_rows"}."""
+    checkpoint; each is skipped when an earlier attempt finished it (the checkpoint, GBs with a
+    paper-scale puzzle table, is then not read at all). keep_table=False: the chunk's table
+    holds only its own puzzles, every row at the mean of the saved rows (nothing reserved).
+    Returns {"build_s", "table_rows"} (the checkpoint's table rows; None when it was not read)."""
+    from trm_ray.checkpoint import MODEL_FILE
     from trm_ray.config import DataShape
     from trm_ray.data import layout
     from trm_ray.data.builder import build_dataset
+    from trm_ray.data.loader import resolve_data_path
     from trm_ray.data.recipe import DatasetRecipe
     from trm_ray.posttrain.tasks import write_chunk_files
 
     started = time.perf_counter()
-    state, arch, saved = read_base(checkpoint)
-    rows = table_rows(state)
+    base: list[tuple[dict[str, Any], Any, dict[str, Any]]] = []  # read_base's result, read once if needed
+
+    def loaded() -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        if not base:
+            base.append(read_base(checkpoint))
+        return base[0]
+
     data_dir = storage.join(chunk_dir, DATA_DIR)
     if not storage.is_file(storage.join(data_dir, layout.BUILD_FILE)):
+        reserved: list[str] = []
+        if keep_table:
+            state, _, saved = loaded()
+            reserved = reserved_names(saved, table_rows(state))
         with tempfile.TemporaryDirectory(prefix="trm-ray-chunk-tasks-") as tmp:
             prefix = write_chunk_files(task_set, names, os.path.join(tmp, "tasks"))
             recipe = DatasetRecipe(kind="arc", input_file_prefix=prefix, subsets=[task_set.subset],
                                    test_set_name=task_set.subset, num_aug=num_aug, seed=seed)
             # overwrite: a folder here is an attempt that died before build.json (never a finished build)
-            build_dataset(recipe, data_dir, overwrite=True, use_ray=use_ray,
-                          reserved_identifiers=reserved_names(saved, rows) if keep_table else ())
+            build_dataset(recipe, data_dir, overwrite=True, use_ray=use_ray, reserved_identifiers=reserved)
     build_s = time.perf_counter() - started
     base_dir = storage.join(chunk_dir, BASE_DIR)
-    from trm_ray.checkpoint import MODEL_FILE
-
     if not storage.is_file(storage.join(base_dir, MODEL_FILE)):
-        from trm_ray.data.loader import resolve_data_path
-
         meta = layout.load_metadata(resolve_data_path(data_dir), "train")
         shape = DataShape(seq_len=meta.seq_len, vocab_size=meta.vocab_size,
                           num_puzzle_identifiers=meta.num_puzzle_identifiers)
+        state, arch, _ = loaded()
         write_base(state, arch, meta.num_puzzle_identifiers, shape, base_dir, keep=keep_table)
-    return {"build_s": round(build_s, 3), "table_rows": rows}
+    return {"build_s": round(build_s, 3), "table_rows": table_rows(base[0][0]) if base else None}
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ status and timings) when the job ends.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -86,21 +85,22 @@ def run_name(job_id: str, index: int) -> str:
 # --------------------------------------------------------------------------------------------
 # The Ray tasks (module level: Ray pickles them by reference)
 # --------------------------------------------------------------------------------------------
-def _predict_remote(resources: dict[str, float]):
+def _predict(opts: PosttrainOptions, checkpoint: str, folder: str, out_file: str) -> dict[str, Any]:
+    """C.predict as a Ray task with one chunk worker's resources (and as many torch threads as CPUs)."""
     import ray
 
-    cpus = float(resources.get("CPU", 1))
-    return ray.remote(C.predict).options(
-        num_cpus=cpus, num_gpus=float(resources.get("GPU", 0)),
-        resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")} or None,
-        max_retries=1)
+    resources = opts.resources_per_chunk
+    task = ray.remote(C.predict).options(
+        num_cpus=float(resources.get("CPU", 1)), num_gpus=float(resources.get("GPU", 0)),
+        resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")} or None, max_retries=1)
+    return ray.get(task.remote(checkpoint, folder, out_file, max(1, int(resources.get("CPU", 1)))))
 
 
 def _wave_one(opts: PosttrainOptions, index: int, task_set: TaskSet, names: list[str]) -> dict:
     """Dataset, base checkpoint and the pretrained predictions of one chunk."""
-    import ray
-
     import logging
+
+    import ray
 
     # The job prints one line per chunk stage; Ray Data's bars and per-dataset lines from every
     # chunk would bury them (this process is the chunk's own, so its logger is ours to set).
@@ -110,18 +110,14 @@ def _wave_one(opts: PosttrainOptions, index: int, task_set: TaskSet, names: list
     folder = chunk_dir(opts.out, index)
     info = C.prepare(folder, opts.checkpoint, task_set, names, opts.num_aug, opts.seed, keep_table=opts.keep_table)
     if not storage.is_file(storage.join(folder, C.PRETRAINED_FILE)):
-        threads = max(1, int(opts.resources_per_chunk.get("CPU", 1)))
-        ray.get(_predict_remote(opts.resources_per_chunk).remote(
-            storage.join(folder, C.BASE_DIR), folder, C.PRETRAINED_FILE, threads))
+        _predict(opts, storage.join(folder, C.BASE_DIR), folder, C.PRETRAINED_FILE)
     return info
 
 
-def _wave_two(opts: PosttrainOptions, index: int, job_id: str) -> dict:
-    """Fine-tune one chunk, predict with the result, commit the chunk."""
-    import ray
-
+def _wave_two(opts: PosttrainOptions, index: int, job_id: str, arch: Any, saved: dict[str, Any]) -> dict:
+    """Fine-tune one chunk, predict with the result, commit the chunk. arch, saved: the
+    checkpoint's (C.read_base, read once by the driver)."""
     folder = chunk_dir(opts.out, index)
-    _, arch, saved = C.read_base(opts.checkpoint)
     tracking = {"wandb": opts.wandb, "group": f"posttrain-{job_id}", "tags": ["posttrain"],
                 "project": opts.wandb_project or WANDB_PROJECT}
     config = C.chunk_config(saved, arch, data_dir=storage.join(folder, C.DATA_DIR),
@@ -132,8 +128,7 @@ def _wave_two(opts: PosttrainOptions, index: int, job_id: str) -> dict:
                             workers=opts.workers_per_chunk, max_failures=opts.max_retries)
     started = time.time()
     trained = C.finetune(config)
-    threads = max(1, int(opts.resources_per_chunk.get("CPU", 1)))
-    record = ray.get(_predict_remote(opts.resources_per_chunk).remote(trained["checkpoint"], folder, "finetuned.json", threads))
+    record = _predict(opts, trained["checkpoint"], folder, "finetuned.json")
     result = {**trained, "predict_s": record["seconds"], "fit": record["fit"], "started_at": started,
               "finished_at": time.time()}
     C.commit(folder, record["submission"], result)
@@ -178,12 +173,6 @@ def _max_concurrent(opts: PosttrainOptions) -> int:
     total = ray.cluster_resources()
     fits = [total.get(k, 0) // (v * opts.workers_per_chunk) for k, v in opts.resources_per_chunk.items() if v > 0]
     return max(1, int(min(fits))) if fits else 1
-
-
-def _forwarded_env() -> dict[str, str]:
-    from trm_ray.train.trainer import FORWARDED_ENV
-
-    return {**storage.endpoint_env(), **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
 
 
 def _fan_out(keys: list[int], submit: Callable[[int], Any], limit: int, deadline: Optional[float],
@@ -236,7 +225,9 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
         opts.steps = 500
     task_set = load_tasks(opts.tasks, opts.subset, opts.solutions)
     chunks = split_chunks(task_set, opts.chunks)
-    C.read_base(opts.checkpoint)  # a checkpoint that cannot post-train fails before anything is written
+    # A checkpoint that cannot post-train fails before anything is written; its tensors are
+    # not kept (GBs with a paper-scale puzzle table), only its architecture and config.
+    arch, saved = C.read_base(opts.checkpoint)[1:]
     job_id = _check_out(opts)
     log(f"trm-ray posttrain: {len(task_set.challenges)} tasks, {task_set.num_test_inputs} test inputs, "
         f"{len(chunks)} chunks -> {opts.out}")
@@ -246,10 +237,12 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
         # Chunks run on any node and write their folders themselves.
         log(f"trm-ray posttrain: warning: --out {opts.out} is a local path and the cluster has {nodes} nodes: "
             f"it must be a filesystem every node shares, else use a URI (s3://..., gs://...)")
-    statuses: dict[int, str] = {}
-    records: dict[int, dict[str, Any]] = {}
+    failed: set[int] = set()  # retries spent; every other status follows from the chunk folders
+    build_s: dict[int, float] = {}
     try:
-        env = _forwarded_env()
+        from trm_ray.train.trainer import forwarded_env
+
+        env = forwarded_env()
         options = {"num_cpus": 0, "max_retries": 1, "runtime_env": {"env_vars": env} if env else None}
         wave_one = ray.remote(_wave_one).options(**options)
         # A fresh process per fine-tune: Ray Train's SIGINT handler keeps a handle on each run's
@@ -257,8 +250,7 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
         # chunk's controller alive as long as a pooled worker lives.
         wave_two = ray.remote(max_calls=1)(_wave_two).options(**options)
         todo = [k for k in range(len(chunks)) if not C.finished(chunk_dir(opts.out, k))]
-        for k in set(range(len(chunks))) - set(todo):
-            statuses[k] = FINETUNED
+        for k in sorted(set(range(len(chunks))) - set(todo)):
             log(f"chunk {k}: finished before, kept")
 
         # ---- wave 1: datasets and pretrained predictions -----------------------------------
@@ -266,8 +258,8 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
         task_set_ref = ray.put(task_set)  # one copy in the object store, not one per chunk
 
         def ready(k: int, ref: Any) -> None:
-            records.setdefault(k, {}).update(_get(ref))
-            log(f"chunk {k}: dataset and pretrained predictions ready ({records[k]['build_s']:.1f} s to build)")
+            build_s[k] = _get(ref)["build_s"]
+            log(f"chunk {k}: dataset and pretrained predictions ready ({build_s[k]:.1f} s to build)")
 
         # Orchestrators wait on their stages without a CPU: a bound keeps 100 chunks from
         # starting 100 processes at once.
@@ -278,11 +270,10 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
             try:
                 result = _get(ref)
             except ray.exceptions.RayError as error:  # retries spent: the chunk submits its fallback
-                statuses[k] = FAILED
+                failed.add(k)
                 last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
                 log(f"chunk {k}: failed ({last_line}); it submits the pretrained predictions")
                 return
-            records.setdefault(k, {}).update(result)
             before = (C.read_json(storage.join(chunk_dir(opts.out, k), C.PRETRAINED_FILE)) or {}).get("fit", {})
             after = result["fit"]
             log(f"chunk {k}: {result['steps']} steps in {result['finetune_s']:.0f} s; demonstration pairs: token "
@@ -291,21 +282,22 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
 
         def start(k: int) -> Any:
             log(f"chunk {k}: fine-tuning ({len(chunks[k])} tasks)")
-            return wave_two.remote(opts, k, job_id)
+            return wave_two.remote(opts, k, job_id, arch, saved)
 
         for k in _fan_out([k for k in todo if k not in left], start, limit, deadline, trained):
             log(f"chunk {k}: not finished at the time limit")
     finally:
         if started_ray:
             ray.shutdown()
-    return _finish(opts, job_id, task_set, chunks, statuses, records, started_at, log)
+    return _finish(opts, job_id, task_set, chunks, failed, build_s, started_at, log)
 
 
-def _finish(opts: PosttrainOptions, job_id: str, task_set: TaskSet, chunks: list[list[str]], statuses: dict[int, str],
-            records: dict[int, dict[str, Any]], started_at: float, log: Callable[[str], None]) -> dict[str, Any]:
+def _finish(opts: PosttrainOptions, job_id: str, task_set: TaskSet, chunks: list[list[str]], failed: set[int],
+            build_s: dict[int, float], started_at: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Merge every chunk's submission (pretrained predictions where a chunk did not finish),
     score both against the solutions when there are any, write submission.json and posttrain.json."""
     finetuned, pretrained, per_chunk = {}, {}, []
+    test_counts = task_set.test_counts()
     for k, names in enumerate(chunks):
         folder = chunk_dir(opts.out, k)
         base = C.read_json(storage.join(folder, C.PRETRAINED_FILE))
@@ -317,15 +309,14 @@ def _finish(opts: PosttrainOptions, job_id: str, task_set: TaskSet, chunks: list
             status = FINETUNED
         else:
             result = {}
-            status = (statuses.get(k) or FALLBACK) if base is not None else PLACEHOLDER
-        statuses[k] = status
+            status = (FAILED if k in failed else FALLBACK) if base is not None else PLACEHOLDER
         per_chunk.append({"chunk": k, "tasks": names, "status": status,
                           "run": storage.join(opts.out, "runs", run_name(job_id, k)),
-                          "test_inputs": sum(task_set.test_counts()[n] for n in names),
+                          "test_inputs": sum(test_counts[n] for n in names),
                           "fit_before": (base or {}).get("fit"), "fit_after": result.get("fit"),
                           "pretrained_predict_s": (base or {}).get("seconds"),
                           **{key: result.get(key) for key in ("steps", "finetune_s", "predict_s", "started_at", "finished_at")},
-                          **{key: records.get(k, {}).get(key) for key in ("build_s",)}})
+                          "build_s": build_s.get(k)})
     submission = merge_submissions(task_set, [finetuned], fallback=pretrained)
     baseline = merge_submissions(task_set, [pretrained])
     storage.write_text(storage.join(opts.out, SUBMISSION_FILE), json.dumps(submission))

@@ -190,11 +190,9 @@ def write_chunk_files(task_set: TaskSet, names: list[str], prefix: str) -> str:
 
 
 def _write_json(path: str, value: Any) -> None:
-    # Through a temporary file, so that an interrupted write leaves no half file behind.
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f)
-    os.replace(temporary, path)
+    from trm_ray import storage
+
+    storage.write_text(path, json.dumps(value))  # whole or not at all
 
 
 # ---------------------------------------------------------------------------------------------

@@ -320,6 +320,13 @@ def summarize(run_dir: str) -> TrainRunResult:
     return result
 
 
+def forwarded_env() -> dict[str, str]:
+    """What processes started elsewhere on the cluster need from this one's environment: the
+    object store's endpoint and FORWARDED_ENV; their credentials come from their own
+    environment or role, never through Ray."""
+    return {**storage.endpoint_env(), **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+
+
 def ensure_ray(address: Optional[str]) -> bool:
     """Connect to `address` (or RAY_ADDRESS), else start a local Ray. True when we started it
     (the caller shuts it down)."""
@@ -374,7 +381,7 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
         )
         # Workers on other nodes need to know where the object store is; their credentials
         # come from their own environment or role, never through Ray.
-        env = {**storage.endpoint_env(), **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+        env = forwarded_env()
         trainer = TorchTrainer(
             worker_loop,
             train_loop_config={"config": config.model_dump(mode="json"), "run_dir": run_dir,
