@@ -41,6 +41,17 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
+def run_in_new_process(*args: str, env: dict[str, str]):
+    """`trm-ray ARGS` in a new process with `env` added; what CliRunner's result offers."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    done = subprocess.run([sys.executable, "-c", "from trm_ray.cli.main import main; main()", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    return SimpleNamespace(exit_code=done.returncode, output=done.stdout + done.stderr)
+
+
 def assert_one_line_error(result, *needles: str) -> None:
     assert result.exit_code != 0, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
@@ -181,11 +192,13 @@ def test_bad_storage_is_one_line_and_writes_nothing(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
     assert s3.keys("trm", "data/denied") == []
 
+    # In a process of its own: this one's S3 client has just been refused with a wrong secret,
+    # and once (1 clean-clone run in 2) a later client here answered "access denied" for the
+    # refused endpoint too, as if the AWS SDK had kept that endpoint or credential.
     with refused_endpoint() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        unreachable = run("data", "build", *SMALL, "--output-dir", "s3://trm/data/unreachable")
+        unreachable = run_in_new_process("data", "build", *SMALL, "--output-dir", "s3://trm/data/unreachable",
+                                         env={"AWS_ENDPOINT_URL": endpoint})
     assert_one_line_error(unreachable, "s3://trm/data/unreachable", "cannot reach")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     assert s3.keys("trm", "data/unreachable") == []
 
 
