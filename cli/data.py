@@ -1,4 +1,4 @@
-"""`trm-ray data`: build datasets with Ray Data, inspect them.
+"""`trm-ray data`: build datasets (Ray Data on a cluster, local processes otherwise), inspect them.
 
     trm-ray data build datasets/sudoku-4x4-quickstart.yaml
     trm-ray data build arc --input-file-prefix ../shared/data/arc/arc-agi --subsets training evaluation concept \\
@@ -40,7 +40,7 @@ class _ListOptionCommand(click.Command):
 
 @click.group(epilog="Example:\n\n  trm-ray data build datasets/sudoku-4x4-quickstart.yaml")
 def data() -> None:
-    """Build puzzle datasets (ARC, Sudoku, Maze) with Ray Data and inspect them."""
+    """Build puzzle datasets (ARC, Sudoku, Maze), on Ray Data or local processes, and inspect them."""
 
 
 @data.command(
@@ -71,9 +71,12 @@ def data() -> None:
 @click.option("--max-clues", type=int, help="generate Sudoku: draw each puzzle's clue target from [min-clues, max-clues].")
 @click.option("--loop-prob", type=float, help="generate Maze: chance of knocking out each extra wall.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--num-cpus", type=int, help="CPUs of the local Ray instance started when none is running.")
-@click.option("--batch-size", type=int, help="Source puzzles per Ray task (default: ~2000 variants per task).")
-@click.option("--no-ray", is_flag=True, help="Run the same steps in this process (small builds, debugging).")
+@click.option("--ray/--no-ray", "use_ray", default=None,
+              help="Ray Data tasks (on the running Ray, or a local one), or this machine's processes. "
+              "Default: Ray when a Ray cluster is at hand (RAY_ADDRESS), else this machine. Same bytes either way.")
+@click.option("--num-cpus", type=int, help="CPUs to use: local worker processes (1: this process only), "
+              "or those of the local Ray instance --ray starts when none is running.")
+@click.option("--batch-size", type=int, help="Source puzzles per task (default: ~2000 variants per task).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
 def build(target: str, **flags: Any) -> None:
     """Build a dataset: TARGET is arc, sudoku, maze or a recipe YAML (datasets/*.yaml).
@@ -89,7 +92,7 @@ def build(target: str, **flags: Any) -> None:
     from trm_ray.storage import StorageError
 
     options = {
-        "use_ray": not flags.pop("no_ray"),
+        "use_ray": flags.pop("use_ray"),
         "num_cpus": flags.pop("num_cpus"),
         "batch_size": flags.pop("batch_size"),
         "overwrite": flags.pop("overwrite"),

@@ -99,7 +99,7 @@ def test_readme_build_in_process_publishes_every_file(s3, tmp_path):
 
 @pytest.mark.ray
 def test_readme_build_on_ray_publishes_the_same_bytes(s3):
-    result = run("data", "build", README_RECIPE, "--output-dir", "s3://trm/data/q-ray", "--num-cpus", "2")
+    result = run("data", "build", README_RECIPE, "--output-dir", "s3://trm/data/q-ray", "--num-cpus", "2", "--ray")
     assert result.exit_code == 0, result.output
     on_ray = published_correctly(s3, "trm", "data/q-ray")
     if not s3.keys("trm", "data/q/"):  # run alone: build the in-process one here

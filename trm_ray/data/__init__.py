@@ -1,12 +1,13 @@
-"""Puzzle datasets: sources (ARC, Sudoku, Maze), seeded transforms, the Ray Data builder, the loader.
+"""Puzzle datasets: sources (ARC, Sudoku, Maze), seeded transforms, the builder, the loader.
 
     from trm_ray.data import build_dataset, load_recipe
     info = build_dataset("datasets/sudoku-4x4-quickstart.yaml", "data/sudoku-4x4-quickstart")
 
 Files: transforms.py (pure seeded transforms), sudoku.py / maze.py (solvers, generators),
 sources.py (reading ARC JSON, CSV, the hub), groups.py (one source puzzle -> its encoded
-variants), builder.py (Ray Data pipeline), writer.py (streaming writer of the layout),
-layout.py (file names, dataset.json), recipe.py (datasets/*.yaml), inspect.py, loader.py.
+variants), builder.py (the build: Ray Data on a cluster, else local processes), writer.py
+(streaming writer of the layout), layout.py (file names, dataset.json), recipe.py
+(datasets/*.yaml), inspect.py, loader.py.
 """
 
 

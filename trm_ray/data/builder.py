@@ -1,12 +1,19 @@
-"""Build a dataset from a recipe as a Ray Data pipeline (`trm-ray data build`).
+"""Build a dataset from a recipe (`trm-ray data build`): Ray Data on a cluster, this
+machine's processes otherwise.
 
     from trm_ray.data.builder import build_dataset
     info = build_dataset("datasets/sudoku-4x4-quickstart.yaml", "data/sudoku-4x4-quickstart")
 
-The driver reads the source puzzles (small), Ray Data tasks turn batches of them into
-encoded groups (augment, encode, de-duplicate), and the driver appends the groups in order
-to the output files as they arrive (trm_ray.data.writer): memory stays bounded by a few
-batches, and the bytes depend only on the recipe and its seed, never on CPUs or batching.
+The driver reads the source puzzles (small), tasks turn batches of them into encoded groups
+(augment, encode, de-duplicate), and the driver appends the groups in order to the output
+files as they arrive (trm_ray.data.writer): memory stays bounded by a few batches, and the
+bytes depend only on the recipe and its seed, never on where the tasks ran, CPUs or batching.
+
+Where tasks run (`use_ray`): True, Ray Data on the running Ray or a local one it starts;
+False, this machine: worker processes on its idle CPUs when the build is large enough to
+repay starting them, else this process; None (the default), Ray Data when a Ray cluster is
+at hand (Ray initialised here, or RAY_ADDRESS set), else as False. On one machine Ray would
+only add its start (seconds) and a copy of every group through its object store.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import math
 import os
 import pickle
 import platform
+import sys
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -42,7 +50,7 @@ FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------
-# Ordered parallel map: Ray Data when asked, a plain loop otherwise (same results)
+# Ordered parallel map: Ray Data, local processes or a plain loop (same results)
 # ---------------------------------------------------------------------------------------------
 def _apply_batch(batch: "pa.Table", fn: Callable[[Any], Any]) -> "pa.Table":
     # One output row per batch: the pickled list of results keeps ragged groups in one blob.
@@ -60,13 +68,18 @@ def ordered_map(
     batch_size: int,
     use_ray: bool,
     num_blocks: Optional[int] = None,
+    processes: int = 1,
 ) -> Iterator[Any]:
-    """fn(item) for every item, in order, computed by Ray Data tasks of `batch_size` items."""
+    """fn(item) for every item, in order: Ray Data tasks of `batch_size` items (use_ray), else
+    tasks of `batch_size` items on `processes` local worker processes (1: this process)."""
     if not items:
         return
     if not use_ray:
-        for item in items:
-            yield fn(item)
+        if processes > 1 and len(items) > batch_size:
+            yield from _process_map(fn, items, batch_size, processes)
+        else:
+            for item in items:
+                yield fn(item)
         return
     import ray.data
 
@@ -88,6 +101,37 @@ def ordered_map(
                 yield from pickle.loads(blob.as_buffer())
     finally:
         context.execution_options.preserve_order = previous
+
+
+def _run_batch(fn: Callable[[Any], Any], batch: list[Any]) -> list[Any]:
+    return [fn(item) for item in batch]
+
+
+def _process_map(fn: Callable[[Any], Any], items: list[Any], batch_size: int, processes: int) -> Iterator[Any]:
+    """ordered_map on a local process pool. At most two tasks per process are in flight or
+    waiting to be written, so memory stays bounded when the writer is the slower side."""
+    import collections
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork starts workers in milliseconds and shares the loaded sources; a process with
+    # threads (a Ray driver, say) must not fork, so it spawns them instead.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 \
+        and "ray" not in sys.modules else "spawn"
+    batches = (items[lo:lo + batch_size] for lo in range(0, len(items), batch_size))
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method)) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_run_batch, fn, batch))
+                if len(pending) >= 2 * processes:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 # Module-level functions so that Ray pickles them by reference.
@@ -230,24 +274,77 @@ def _arc_tasks(recipe: DatasetRecipe) -> tuple[list[tuple], dict[str, Any]]:
 
 
 def _versions() -> dict[str, str]:
-    import pyarrow
+    # Installed versions from the package metadata: importing Ray and pyarrow to ask them
+    # would cost an in-process build a second or two.
+    from importlib import metadata
 
     import trm_ray
 
-    versions = {"python": platform.python_version(), "trm_ray": trm_ray.__version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
-    try:
-        import ray
-
-        versions["ray"] = ray.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    versions = {"python": platform.python_version(), "trm_ray": trm_ray.__version__, "numpy": np.__version__}
+    for package in ("pyarrow", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
     return versions
 
 
 def default_batch_size(recipe: DatasetRecipe) -> int:
     """Groups per task: about 2000 puzzles (variants) per task, so tasks are ~10-50 MB."""
-    variants = 1 + recipe.resolved_num_aug if recipe.kind != "maze" else (8 if recipe.aug else 1)
-    return int(min(512, max(1, 2000 // variants)))
+    return int(min(512, max(1, 2000 // _variants_per_group(recipe))))
+
+
+def _variants_per_group(recipe: DatasetRecipe) -> int:
+    return 1 + recipe.resolved_num_aug if recipe.kind != "maze" else (8 if recipe.aug else 1)
+
+
+# A local pool pays for its start (~0.1 s with fork, ~1 s with spawn) and for sending every
+# group back through a pipe from about this many variants (ARC: 0.1-0.2 ms each), or this
+# many generated puzzles (1-100 ms each).
+POOL_MIN_VARIANTS = 20_000
+POOL_MIN_GENERATED = 200
+
+
+def ray_at_hand() -> bool:
+    """A Ray cluster to build on: Ray initialised in this process, or RAY_ADDRESS set."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def local_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class IdleCpus:
+    """How many CPUs sat idle between construction and `count()` (from /proc/stat).
+
+    A worker process only pays when it gets a CPU of its own: on a machine that other jobs
+    keep busy, sending every group back through a pipe costs more than it saves, and one
+    process is faster. The driver is busy reading sources meanwhile, so its own CPU is not
+    among the idle ones."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> Optional[tuple[int, int]]:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):  # not Linux
+            return None
+        return fields[3] + fields[4], sum(fields[:8])  # idle + iowait, all but guest time
+
+    def count(self, cpus: int) -> float:
+        end = self._read()
+        if self.start is None or end is None or end[1] - self.start[1] < 10:  # no reading, or too short to tell
+            return float(cpus)
+        return cpus * (end[0] - self.start[0]) / (end[1] - self.start[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +355,7 @@ def build_dataset(
     output_dir: Optional[str] = None,
     *,
     overwrite: bool = False,
-    use_ray: bool = True,
+    use_ray: Optional[bool] = None,
     num_cpus: Optional[int] = None,
     batch_size: Optional[int] = None,
     num_blocks: Optional[int] = None,
@@ -268,18 +365,24 @@ def build_dataset(
     """Build the dataset of `recipe` (a DatasetRecipe or a YAML path) into `output_dir`.
 
     output_dir: local folder or pyarrow filesystem URI; default the recipe's output_dir
-    (or data/<name>). Uses the running Ray instance, or starts a local one with `num_cpus`
-    (use_ray=False runs the same steps in this process). Returns build.json's content.
+    (or data/<name>). use_ray: True, Ray Data on the running Ray instance or a local one
+    started with `num_cpus`; False, this machine: `num_cpus` processes (1: this process
+    only) or, by default, for a build large enough to repay them, this process plus one
+    per idle CPU (see IdleCpus); None, Ray Data when a Ray cluster is at hand, else this
+    machine. Same bytes either way. Returns build.json's content.
     Raises DatasetBuildError (a ValueError) with a one-line message for bad inputs; then no
     output folder is left behind. reserved_identifiers (ARC): names that take the identifiers
     right after the blank one, before the build's own (see DatasetWriter).
     """
     if not isinstance(recipe, DatasetRecipe):
         recipe = load_recipe(recipe)
+    if use_ray is None:
+        use_ray = ray_at_hand()
     output = output_dir or recipe.resolved_output_dir
     batch = batch_size or default_batch_size(recipe)
     started = time.perf_counter()
-    run = functools.partial(ordered_map, batch_size=batch, use_ray=use_ray, num_blocks=num_blocks)
+    idle = IdleCpus()
+    cpus = 1 if use_ray else max(1, num_cpus or local_cpus())
     generate = recipe.kind != "arc" and recipe.resolved_source == "generate"
     # Output folder and source files are checked before Ray starts: a bad input fails in a second.
     with DatasetWriter(output, use_identifiers=recipe.kind == "arc", overwrite=overwrite,
@@ -295,10 +398,17 @@ def build_dataset(
             if generate:
                 # Generating is a parallel step of its own; its rows are small and come back here.
                 # Its own batch size: one generated puzzle costs ~1-100 ms whatever num_aug is.
-                run_generate = functools.partial(ordered_map, batch_size=batch_size or 16, use_ray=use_ray, num_blocks=num_blocks)
+                wanted = recipe.generate.num_train + recipe.generate.num_test
+                run_generate = functools.partial(ordered_map, batch_size=batch_size or 16, use_ray=use_ray, num_blocks=num_blocks,
+                                                 processes=cpus if wanted >= POOL_MIN_GENERATED else 1)
                 tasks, seq_len, vocab, extra = _csv_tasks(recipe, functools.partial(_listed, run_generate))
+            processes = 1  # the main map's; generating (above) decides on its own
+            if cpus > 1 and len(tasks) > batch and len(tasks) * _variants_per_group(recipe) >= POOL_MIN_VARIANTS:
+                # The driver's CPU plus those idle while it read the sources; all asked for with num_cpus.
+                processes = cpus if num_cpus else min(cpus, 1 + int(idle.count(cpus) + 0.5))
             writer.set_shape(seq_len=seq_len, vocab_size=vocab)
-            for group in run(_call, tasks):
+            for group in ordered_map(_call, tasks, batch_size=batch, use_ray=use_ray, num_blocks=num_blocks,
+                                     processes=processes):
                 writer.add(group)
         info = {
             "format_version": FORMAT_VERSION,
@@ -313,7 +423,8 @@ def build_dataset(
         counts = ", ".join(
             f"{split} {c['groups']} groups / {c['puzzles']} puzzles / {c['examples']} examples" for split, c in info["counts"].items()
         )
-        log(f"built {output}: {counts}; seq_len {seq_len}, vocab {vocab}; {time.perf_counter() - started:.1f} s; "
+        where = "Ray Data" if use_ray else f"{processes} processes" if processes > 1 else "this process"
+        log(f"built {output}: {counts}; seq_len {seq_len}, vocab {vocab}; {time.perf_counter() - started:.1f} s on {where}; "
             f"content sha256 {info['content_sha256'][:16]}")
     return info
 

@@ -1,6 +1,7 @@
 """One source puzzle -> its group (the puzzle and its variants), encoded, per split.
 
-These are the per-task functions of the Ray Data build, and plain functions otherwise:
+These are the per-task functions of the build (Ray Data tasks, local processes), and plain
+functions otherwise:
 
     group = arc_group(index=0, name="007bbfb7", puzzle=..., is_test_set=True, seed=42, num_aug=8)
     group.parts["train"].inputs      # (examples, 900) uint8
@@ -11,6 +12,7 @@ depend on batch boundaries or on the number of CPUs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -24,6 +26,7 @@ from trm_ray.data.transforms import (
     STREAM_GENERATE_TRAIN,
     STREAM_SUDOKU_AUG,
     arc_encode_puzzle,
+    arc_group_arrays,
     arc_variants,
     dihedral_transform,
     maze_encode,
@@ -55,17 +58,34 @@ def arc_group(index: int, name: str, puzzle: dict[str, Any], is_test_set: bool, 
     """Test-set puzzles send their test pairs to the test split; every other pair goes to train.
 
     Variants are drawn over both splits together (one transform, one duplicate check), so a
-    variant's name identifies the same transform in train and test.
+    variant's name identifies the same transform in train and test. Computed array-at-once
+    (transforms.arc_group_arrays); arc_group_per_call is the same group from the per-grid
+    functions, used where the array path cannot follow numpy's draws.
     """
-    rng = rng_for(seed, STREAM_ARC, index)
+    splits = _arc_splits(puzzle, is_test_set)
+    if _arrays_match_per_call():
+        parts = arc_group_arrays(name, splits, num_aug, rng_for(seed, STREAM_ARC, index))
+        if parts is not None:
+            sizes = {split: len(pairs) for split, pairs in splits.items()}
+            return Group({split: SplitPart(names, [sizes[split]] * len(names), inputs, labels)
+                          for split, names, inputs, labels in parts})
+    return arc_group_per_call(index, name, puzzle, is_test_set, seed, num_aug)
 
+
+def _arc_splits(puzzle: dict[str, Any], is_test_set: bool) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     def pairs(kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(np.array(p["input"], np.uint8), np.array(p["output"], np.uint8)) for p in puzzle[kind]]
 
     if is_test_set:
-        splits = {"train": pairs("train"), "test": pairs("test")}
-    else:
-        splits = {"train": pairs("train") + pairs("test")}
+        return {"train": pairs("train"), "test": pairs("test")}
+    return {"train": pairs("train") + pairs("test")}
+
+
+def arc_group_per_call(index: int, name: str, puzzle: dict[str, Any], is_test_set: bool, seed: int, num_aug: int) -> Group:
+    """arc_group from the per-grid functions (arc_variants, arc_encode_puzzle): the definition
+    of its bytes."""
+    rng = rng_for(seed, STREAM_ARC, index)
+    splits = _arc_splits(puzzle, is_test_set)
     variants = arc_variants(name, splits, num_aug, rng)
     group = Group()
     for split in splits:
@@ -79,6 +99,25 @@ def arc_group(index: int, name: str, puzzle: dict[str, Any], is_test_set: bool, 
             labels.append(o)
         group.parts[split] = SplitPart(names, sizes, np.concatenate(inputs), np.concatenate(labels))
     return group
+
+
+@functools.lru_cache(maxsize=None)
+def _arrays_match_per_call() -> bool:
+    """Once per process: do both ARC paths give the same group here? The array path decodes
+    numpy's draws itself, so a numpy that draws differently must not change the bytes."""
+    grid = lambda h, w, k: [[(3 * r + 5 * c + k) % 10 for c in range(w)] for r in range(h)]  # noqa: E731
+    puzzle = {"train": [{"input": grid(3, 5, 1), "output": grid(30, 2, 2)}, {"input": grid(2, 2, 0), "output": grid(1, 4, 3)}],
+              "test": [{"input": grid(4, 4, 7), "output": grid(5, 3, 9)}]}
+    for is_test_set in (True, False):
+        parts = arc_group_arrays("check", _arc_splits(puzzle, is_test_set), 6, rng_for(7, STREAM_ARC, 3))
+        expected = arc_group_per_call(3, "check", puzzle, is_test_set, 7, 6)
+        if parts is None or [p[0] for p in parts] != list(expected.parts):
+            return False
+        for split, names, inputs, labels in parts:
+            want = expected.parts[split]
+            if names != want.names or not np.array_equal(inputs, want.inputs) or not np.array_equal(labels, want.labels):
+                return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

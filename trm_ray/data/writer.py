@@ -19,8 +19,10 @@ import hashlib
 import io
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import uuid
 from typing import Any, Optional, Sequence
 
@@ -41,12 +43,54 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-class NpyAppender:
-    """A .npy file written row block by row block; `close()` fixes the shape in the header."""
+class BackgroundWrites:
+    """File writes done in order by one thread, so that the build computes the next groups
+    while the disk takes these: past a few GB of unwritten pages the kernel makes a writer
+    wait for the disk (a few hundred MB/s), and an ARC build at --num-aug 1000 writes 7 GB.
+    The thread starts with the first write (a local pool forks its workers before that)."""
 
-    def __init__(self, path: str, dtype: Any, row_shape: tuple[int, ...] = ()):
+    def __init__(self, depth: int = 8):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def write(self, file: Any, data: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="trm-ray-writes", daemon=True)
+            self._thread.start()
+        self._queue.put((file, data))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    item[0].write(item[1])
+                except BaseException as error:  # noqa: BLE001 - re-raised in the build's thread
+                    self._error = error
+
+    def drain(self) -> None:
+        """Wait until every queued write is done; raise the first write's error, if any."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
+class NpyAppender:
+    """A .npy file written row block by row block; `close()` fixes the shape in the header.
+    With `writes`, blocks are written by its thread: drain it before `close()`."""
+
+    def __init__(self, path: str, dtype: Any, row_shape: tuple[int, ...] = (), writes: Optional[BackgroundWrites] = None):
         self.path, self.dtype, self.row_shape = path, np.dtype(dtype), tuple(row_shape)
         self.num_rows = 0
+        self._writes = writes
         self._file = open(path, "wb")
         self._header_len = len(_npy_header(self.dtype, (0, *self.row_shape)))
         self._file.write(b"\0" * self._header_len)
@@ -54,7 +98,11 @@ class NpyAppender:
     def append(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         assert rows.shape[1:] == self.row_shape, (rows.shape, self.row_shape)
-        self._file.write(rows.tobytes())
+        data = memoryview(rows).cast("B")  # the array's own bytes, no copy
+        if self._writes is not None:
+            self._writes.write(self._file, data)
+        else:
+            self._file.write(data)
         self.num_rows += rows.shape[0]
 
     def close(self) -> None:
@@ -77,14 +125,14 @@ class NpyAppender:
 
 
 class _SplitWriter:
-    def __init__(self, directory: str, seq_len: int):
+    def __init__(self, directory: str, seq_len: int, writes: BackgroundWrites):
         os.makedirs(directory, exist_ok=True)
         path = lambda f: os.path.join(directory, layout.array_filename(SET_NAME, f))  # noqa: E731
-        self.inputs = NpyAppender(path("inputs"), np.uint8, (seq_len,))
-        self.labels = NpyAppender(path("labels"), np.uint8, (seq_len,))
-        self.puzzle_identifiers = NpyAppender(path("puzzle_identifiers"), np.int32)
-        self.puzzle_indices = NpyAppender(path("puzzle_indices"), np.int32)
-        self.group_indices = NpyAppender(path("group_indices"), np.int32)
+        self.inputs = NpyAppender(path("inputs"), np.uint8, (seq_len,), writes)
+        self.labels = NpyAppender(path("labels"), np.uint8, (seq_len,), writes)
+        self.puzzle_identifiers = NpyAppender(path("puzzle_identifiers"), np.int32, (), writes)
+        self.puzzle_indices = NpyAppender(path("puzzle_indices"), np.int32, (), writes)
+        self.group_indices = NpyAppender(path("group_indices"), np.int32, (), writes)
         self.puzzle_indices.append(np.zeros(1, np.int32))
         self.group_indices.append(np.zeros(1, np.int32))
         self.num_examples = self.num_puzzles = self.num_groups = 0
@@ -118,6 +166,7 @@ class DatasetWriter:
         for name in reserved_identifiers:
             self._identifiers.setdefault(name, len(self._identifiers))
         self._splits: dict[str, _SplitWriter] = {}
+        self._writes = BackgroundWrites()
         suffix = f".tmp-{uuid.uuid4().hex[:8]}"
         self._remote = layout.is_uri(output)
         self._published_any = False
@@ -157,6 +206,10 @@ class DatasetWriter:
             self.abort()
 
     def abort(self) -> None:
+        try:
+            self._writes.drain()
+        except BaseException:  # noqa: BLE001 - the build failed already; its error is the one to show
+            pass
         for split in self._splits.values():
             for appender in (split.inputs, split.labels, split.puzzle_identifiers, split.puzzle_indices, split.group_indices):
                 if not appender._file.closed:
@@ -185,10 +238,10 @@ class DatasetWriter:
         for split in sorted(group.parts, key=layout.SPLITS.index):  # train first, as the reference numbers them
             part = group.parts[split]
             if split not in self._splits:
-                self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len)
+                self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self._writes)
             writer = self._splits[split]
             if self.use_identifiers:
-                ids = [self._identifiers.setdefault(name, len(self._identifiers)) for name in part.names]
+                ids = self._identify(part.names)
             else:
                 ids = [0] * len(part.names)
             writer.inputs.append(part.inputs)
@@ -200,11 +253,20 @@ class DatasetWriter:
             writer.num_groups += 1
             writer.group_indices.append(np.array([writer.num_puzzles], np.int32))
 
+    def _identify(self, names: list[str]) -> list[int]:
+        """Identifiers of `names`, new names numbered on in order of first appearance (dict and
+        map calls instead of a Python loop: an ARC build has a million names)."""
+        table = self._identifiers
+        new = [name for name in dict.fromkeys(names) if name not in table]
+        table.update(zip(new, range(len(table), len(table) + len(new))))
+        return list(map(table.__getitem__, names))
+
     # -- finish -------------------------------------------------------------------------------
     def finish(self, build_info: dict[str, Any], test_puzzles: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Write metadata, identifiers, build.json; publish under the final name. Returns build.json."""
         if "train" not in self._splits:
             raise DatasetBuildError("the build produced no train puzzles: check the source and filters")
+        self._writes.drain()
         counts = {}
         for split, writer in self._splits.items():
             writer.close()
@@ -224,10 +286,10 @@ class DatasetWriter:
             counts[split] = {"groups": writer.num_groups, "puzzles": writer.num_puzzles, "examples": writer.num_examples}
         names = sorted(self._identifiers, key=self._identifiers.__getitem__)
         with open(os.path.join(self.staging, layout.IDENTIFIERS_FILE), "w") as f:
-            json.dump(names, f)
+            f.write(json.dumps(names))  # dumps, not dump: the same text from the C encoder
         if test_puzzles is not None:
             with open(os.path.join(self.staging, layout.TEST_PUZZLES_FILE), "w") as f:
-                json.dump(test_puzzles, f)
+                f.write(json.dumps(test_puzzles))
         files = content_hashes(self.staging)
         info = dict(build_info)
         info["counts"] = counts
@@ -272,17 +334,28 @@ class DatasetWriter:
 
 
 def content_hashes(directory: str) -> dict[str, str]:
-    """sha256 of every data file under `directory` (build.json excluded), by relative path."""
-    hashes = {}
+    """sha256 of every data file under `directory` (build.json excluded), by relative path.
+
+    Files are hashed side by side in threads (hashlib lets go of the GIL), largest first: an
+    ARC build's inputs and labels are most of its bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = {}
     for root, _, files in os.walk(directory):
         for name in files:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, directory).replace(os.sep, "/")
-            if rel == layout.BUILD_FILE:
-                continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(chunk)
-            hashes[rel] = digest.hexdigest()
-    return dict(sorted(hashes.items()))
+            if rel != layout.BUILD_FILE:
+                paths[rel] = path
+    order = sorted(paths, key=lambda rel: -os.path.getsize(paths[rel]))
+    with ThreadPoolExecutor(max(1, min(len(order), os.cpu_count() or 1))) as pool:
+        digests = dict(zip(order, pool.map(lambda rel: _file_sha256(paths[rel]), order)))
+    return dict(sorted(digests.items()))
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
