@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
+import types
+import warnings
 from datetime import timedelta
 
 import pytest
@@ -183,6 +186,181 @@ def test_adam_atan2_cpu_params_never_take_the_fused_path(monkeypatch):
     p.grad = torch.ones(2)
     opt.step()
     assert p.detach().tolist() == pytest.approx([-0.1 * math.atan(0.1)] * 2, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# AdamATan2 with adam-atan2's fused kernel: missing, broken or wrong builds fall back
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def kernel_on_cpu(monkeypatch):
+    """A process that has not looked for the kernel yet, where CPU parameters stand in for CUDA
+    ones (the kernel never applies to CPU parameters otherwise): a stand-in module placed in
+    sys.modules under the kernel's name plays the installed extension."""
+    monkeypatch.setattr(optim, "_fused_backend", optim._NOT_LOADED)
+    monkeypatch.setattr(optim, "_import_error", None)
+    monkeypatch.setattr(optim, "_kernel_problems", {})
+    monkeypatch.setattr(optim, "_fallback_warned", False)
+    monkeypatch.setattr(optim, "_fused_applies", lambda params: True)
+    monkeypatch.delitem(sys.modules, optim.KERNEL_MODULE, raising=False)
+    return monkeypatch
+
+
+def stand_in_kernel(update, calls):
+    """A module object shaped like the built extension: adam_atan2_cuda_impl_(params, grads,
+    exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay), in place."""
+    module = types.ModuleType(optim.KERNEL_MODULE)
+
+    def adam_atan2_cuda_impl_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay):
+        calls.append(list(params))
+        for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+            update(p, g, m, v, float(t), lr, beta1, beta2, weight_decay)
+
+    module.adam_atan2_cuda_impl_ = adam_atan2_cuda_impl_
+    return module
+
+
+def imoneoi_update(p, g, m, v, t, lr, beta1, beta2, wd):
+    """The published kernel's arithmetic: beta1 correction outside atan2."""
+    p.mul_(1 - lr * wd)
+    m.lerp_(g, 1 - beta1)
+    v.lerp_(g * g, 1 - beta2)
+    p.sub_(lr / (1 - beta1**t) * torch.atan2(m, v.sqrt() / math.sqrt(1 - beta2**t)))
+
+
+def correction_inside_update(p, g, m, v, t, lr, beta1, beta2, wd):
+    """Another build's arithmetic: beta1 correction inside atan2 (a different optimizer)."""
+    p.mul_(1 - lr * wd)
+    m.lerp_(g, 1 - beta1)
+    v.lerp_(g * g, 1 - beta2)
+    p.sub_(lr * torch.atan2(m / (1 - beta1**t), v.sqrt() / math.sqrt(1 - beta2**t)))
+
+
+def raising_update(*args):
+    raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore detail")
+
+
+LRS = [0.01, 0.05, 0.02]
+
+
+def run_two_optimizers(**kwargs):
+    """Two optimizers (as a training process has two models' worth of groups), three steps each
+    with changing lr and gradients; returns (start, grads, params) per optimizer and the warnings."""
+    gen = torch.Generator().manual_seed(5)
+    runs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for shape in [(5,), (2, 3)]:
+            p = torch.nn.Parameter(torch.randn(shape, generator=gen))
+            start = flat(p)
+            grads = [torch.randn(shape, generator=gen) for _ in LRS]
+            opt = AdamATan2([p], weight_decay=0.1, **kwargs)
+            for g, lr in zip(grads, LRS):
+                opt.param_groups[0]["lr"] = lr
+                p.grad = g.clone()
+                opt.step()
+            runs.append((start, [flat(g) for g in grads], p))
+    return runs, [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def assert_hand_computed(runs):
+    for start, grads, p in runs:
+        expected, _, _ = reference_adam_atan2(start, grads, LRS, 0.1)
+        assert flat(p) == pytest.approx(expected, abs=2e-6)
+
+
+def test_adam_atan2_missing_kernel_warns_once_and_runs_the_torch_update(kernel_on_cpu):
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, None)  # import fails as when not installed
+    kernel_on_cpu.setitem(sys.modules, "adam_atan2", None)
+    runs, caught = run_two_optimizers()
+    assert_hand_computed(runs)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "adam-atan2 is not installed" in message and "ModuleNotFoundError" in message
+    assert "pure-torch update" in message and "pip install --no-build-isolation adam-atan2" in message
+
+
+def test_adam_atan2_kernel_that_cannot_be_imported_warns_once(kernel_on_cpu):
+    class BrokenExtension:  # what an extension built against another torch does: ImportError on load
+        def find_spec(self, name, path=None, target=None):
+            if name == optim.KERNEL_MODULE:
+                raise ImportError("adam_atan2_backend.so: undefined symbol: _ZN3c104cuda9SetDevice")
+            return None
+
+    kernel_on_cpu.setattr(sys, "meta_path", [BrokenExtension(), *sys.meta_path])
+    runs, caught = run_two_optimizers()
+    assert_hand_computed(runs)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "adam-atan2 is installed but adam_atan2_backend cannot be imported" in message
+    assert "undefined symbol" in message and "--force-reinstall" in message
+
+
+def test_adam_atan2_kernel_that_raises_warns_once_and_runs_the_torch_update(kernel_on_cpu):
+    calls = []
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, stand_in_kernel(raising_update, calls))
+    runs, caught = run_two_optimizers()
+    assert_hand_computed(runs)
+    assert len(calls) == 1  # the probe's first call; never again after it failed
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "fused kernel (adam_atan2_backend) is installed but its kernel raised RuntimeError: CUDA error: " \
+           "no kernel image is available for execution on the device;" in message
+    assert "more detail" not in message  # one line
+
+
+def test_adam_atan2_kernel_with_another_update_is_never_used(kernel_on_cpu):
+    calls = []
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, stand_in_kernel(correction_inside_update, calls))
+    runs, caught = run_two_optimizers()
+    assert_hand_computed(runs)  # the torch update, not the stand-in's
+    assert all(p is not q for params in calls for p in params for _, _, q in runs)  # only probe tensors
+    assert len(caught) == 1 and "computes another update than AdamATan2" in str(caught[0].message)
+
+
+def test_adam_atan2_working_kernel_is_used_without_warning(kernel_on_cpu):
+    calls = []
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, stand_in_kernel(imoneoi_update, calls))
+    runs, caught = run_two_optimizers()
+    assert_hand_computed(runs)
+    assert caught == []
+    used = [params[0] for params in calls if len(params) == 1]
+    assert [id(p) for p in used] == [id(p) for _, _, p in runs for _ in LRS]  # every step went through it
+    assert optim._kernel_problems == {torch.device("cpu"): None}  # probed once, for the one device
+
+
+def test_adam_atan2_kernel_failing_after_its_probe_falls_back_within_the_step(kernel_on_cpu):
+    def fails_on_real_params(p, *args):
+        if p.shape in ((5,), (2, 3)):
+            raise RuntimeError("CUDA out of memory")
+        imoneoi_update(p, *args)
+
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, stand_in_kernel(fails_on_real_params, []))
+    runs, caught = run_two_optimizers()
+    assert_hand_computed(runs)
+    assert len(caught) == 1 and "its kernel raised RuntimeError: CUDA out of memory" in str(caught[0].message)
+
+
+def test_adam_atan2_fused_false_never_looks_for_the_kernel(kernel_on_cpu):
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, stand_in_kernel(raising_update, calls := []))
+    runs, caught = run_two_optimizers(fused=False)
+    assert_hand_computed(runs)
+    assert calls == [] and caught == [] and optim._fused_backend is optim._NOT_LOADED
+
+
+def test_adam_atan2_fused_true_raises_instead_of_falling_back(kernel_on_cpu, monkeypatch):
+    kernel_on_cpu.setitem(sys.modules, optim.KERNEL_MODULE, None)
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = AdamATan2([p], fused=True)
+    p.grad = torch.ones(2)
+    with pytest.raises(RuntimeError, match="fused=True.*adam-atan2 is not installed"):
+        opt.step()
+    monkeypatch.setattr(optim, "_fused_applies", lambda params: False)  # e.g. CPU parameters
+    with pytest.raises(ValueError, match="fp32 CUDA parameters"):
+        opt.step()
+
+
+def test_fused_kernel_problem_on_cpu_names_cuda():
+    assert "CUDA devices only" in optim.fused_kernel_problem("cpu")
 
 
 # --------------------------------------------------------------------------------------------

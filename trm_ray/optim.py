@@ -3,6 +3,8 @@
 - `AdamATan2`: the exact imoneoi/adam-atan2 update TRM was trained with, for the parameters.
 - `SparseSignSGD`: distributed sign-SGD on the rows of the puzzle-embedding table that the
   batch looked up (the table is a buffer, not a parameter).
+- `fused_kernel_problem(device)`: whether AdamATan2 runs adam-atan2's fused CUDA kernel on a
+  device (the `cuda` extra), or why it runs its own torch update there.
 - `cosine_schedule_lr` / `total_train_steps`: the reference warmup + cosine schedule; the
   training loop writes its value into `param_groups[i]["lr"]` of both optimisers each step.
 
@@ -17,18 +19,25 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import warnings
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
 
-try:
-    # The fused CUDA kernel of imoneoi/adam-atan2 (pip extra `cuda`). It only builds with CUDA,
-    # so a CPU install never has it; any failure to load it just means the torch path runs.
-    import adam_atan2_backend as _fused_backend
-except (ImportError, OSError):
-    _fused_backend = None
+# The fused CUDA kernel of imoneoi/adam-atan2 (pip package `adam-atan2`, the `cuda` extra) is the
+# extension module below; the package's `adam_atan2` is only a Python wrapper around it. It is
+# imported on the first step that could use it and checked against the torch update once per
+# device, so a missing or broken build costs one warning, never a crash nor a different update.
+KERNEL_MODULE = "adam_atan2_backend"
+KERNEL_PACKAGE = "adam-atan2"
+_NOT_LOADED = object()
+_fused_backend: Any = _NOT_LOADED  # the kernel module once imported; None when the import failed
+_import_error: str | None = None  # why it failed
+_kernel_problems: dict[torch.device, str | None] = {}  # per device: None (the kernel runs) or why not
+_fallback_warned = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,6 +55,11 @@ class AdamATan2(torch.optim.Optimizer):
     The beta1 bias correction is outside atan2 (lucidrains' variant puts it inside and scales
     by a = 1.27: not the same optimizer). Math runs in fp32 whatever the parameter dtype; the
     moments are always fp32. lr = 0 is valid: warmup starts there.
+
+    `fused`: None (default) runs adam-atan2's fused CUDA kernel for fp32 CUDA parameters when it
+    is installed and agrees with the torch update on that device, else the torch update (one
+    warning per process saying why and what to install); False always runs the torch update;
+    True always runs the kernel and raises when it cannot (for benchmarks and checks).
     """
 
     def __init__(
@@ -54,6 +68,7 @@ class AdamATan2(torch.optim.Optimizer):
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.1,
+        fused: bool | None = None,
     ):
         if not lr >= 0.0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -65,6 +80,8 @@ class AdamATan2(torch.optim.Optimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+        # Not a param-group default: state dicts stay what they were (and what checkpoints hold).
+        self.fused = fused
 
     def _state_of(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         state = self.state[p]
@@ -100,16 +117,36 @@ class AdamATan2(torch.optim.Optimizer):
             grads = [p.grad for p in params]
             torch._foreach_add_(steps, 1.0)
 
-            if _use_fused(params):
-                # Called as adam_atan2.AdamATan2.step calls it (csrc/adam_atan2.cu): lists of
-                # params, grads, exp_avgs, exp_avg_sqs (one dtype and device; fp32 here), float32
-                # step tensors on that device, already incremented; then lr, beta1, beta2, wd.
-                _fused_backend.adam_atan2_cuda_impl_(
-                    params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay
-                )
-            else:
-                _adam_atan2_torch(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay)
+            args = (params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay)
+            if not self._fused_step(args):
+                _adam_atan2_torch(*args)
         return loss
+
+    def _fused_step(self, args: tuple) -> bool:
+        """Run one group's update with the fused kernel if this optimizer uses it there; False: not run."""
+        params = args[0]
+        if self.fused is False:
+            return False
+        if self.fused:
+            if not _fused_applies(params):
+                raise ValueError("AdamATan2(fused=True) needs fp32 CUDA parameters on one device")
+            backend = _import_kernel()
+            if backend is None:
+                raise RuntimeError(f"AdamATan2(fused=True): {_import_problem()}")
+            _call_kernel(backend, *args)
+            return True
+        device = params[0].device
+        if not _fused_applies(params) or _kernel_problem(device) is not None:
+            return False
+        try:
+            _call_kernel(_fused_backend, *args)
+        except Exception as error:  # noqa: BLE001 - any kernel failure means: use the torch update
+            # The kernel checks its arguments before it writes anything, and a launch failure
+            # would have shown on the probe, so nothing is updated yet: the torch update runs now.
+            _kernel_problems[device] = f"is installed but its kernel raised {_describe(error)}"
+            _warn_fallback(device)
+            return False
+        return True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch casts loaded state to the parameter dtype (bf16 moments for a bf16 parameter) and
@@ -128,13 +165,116 @@ class AdamATan2(torch.optim.Optimizer):
                     state[key] = torch.as_tensor(saved[key]).to(device=p.device, dtype=torch.float32, copy=True)
 
 
-def _use_fused(params: list[torch.Tensor]) -> bool:
+def _fused_applies(params: list[torch.Tensor]) -> bool:
     # The kernel keeps moments in the parameter dtype; only fp32 parameters keep our fp32-moment
     # guarantee, and TRM stores every parameter in fp32 anyway (TRM_SPEC 2).
     device = params[0].device
-    return _fused_backend is not None and all(
-        p.is_cuda and p.device == device and p.dtype == torch.float32 for p in params
-    )
+    return all(p.is_cuda and p.device == device and p.dtype == torch.float32 for p in params)
+
+
+def _call_kernel(backend: Any, params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay) -> None:
+    # Called as adam_atan2.AdamATan2.step calls it (csrc/adam_atan2.cu): lists of params, grads,
+    # exp_avgs, exp_avg_sqs (one dtype and device; fp32 here), float32 step tensors on that device,
+    # already incremented; then lr, beta1, beta2, wd.
+    backend.adam_atan2_cuda_impl_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, weight_decay)
+
+
+def _describe(error: BaseException) -> str:
+    """'RuntimeError: first line of the message'."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _import_kernel() -> Any:
+    """The kernel module, imported once per process; None when it cannot be imported."""
+    global _fused_backend, _import_error
+    if _fused_backend is _NOT_LOADED:
+        try:
+            _fused_backend = importlib.import_module(KERNEL_MODULE)
+        except Exception as error:  # noqa: BLE001 - ImportError, OSError (built for another torch), ...
+            _fused_backend = None
+            missing = isinstance(error, ModuleNotFoundError) and error.name == KERNEL_MODULE
+            reason = "is not installed" if missing else f"is installed but {KERNEL_MODULE} cannot be imported"
+            _import_error = f"{KERNEL_PACKAGE} {reason} ({_describe(error)})"
+    return _fused_backend
+
+
+def _import_problem() -> str:
+    return _import_error or f"{KERNEL_PACKAGE} is not installed"
+
+
+def fused_kernel_problem(device: torch.device | str) -> str | None:
+    """None when AdamATan2 (fused=None) runs adam-atan2's fused kernel for fp32 parameters on
+    `device`; else why it runs the torch update there. The first call per process imports the
+    kernel, the first per device runs it on a small test update next to the torch update."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "the fused kernel runs on CUDA devices only"
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _kernel_problem(device)
+
+
+def _kernel_problem(device: torch.device) -> str | None:
+    if device not in _kernel_problems:
+        backend = _import_kernel()
+        _kernel_problems[device] = _import_problem() if backend is None else _probe_kernel(backend, device)
+        if _kernel_problems[device] is not None:
+            _warn_fallback(device)
+    return _kernel_problems[device]
+
+
+PROBE_TOLERANCE = 1e-5  # fp32 rounding moves ~1e-7 here; the beta1 correction inside atan2 ~1e-3
+
+
+def _probe_kernel(backend: Any, device: torch.device) -> str | None:
+    """Three kernel steps next to three torch steps on the same random fp32 tensors on `device`:
+    None when they agree, else what went wrong (an install that raises, or another update)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(37,), (4, 33)]  # numels that are and are not multiples of the kernel's 4-wide loads
+    start = [torch.randn(shape, generator=gen) for shape in shapes]
+    grads = [[torch.randn(shape, generator=gen).to(device) for shape in shapes] for _ in range(3)]
+    results = []
+    for use_kernel in (True, False):
+        params = [p.to(device, copy=True) for p in start]
+        exp_avgs, exp_avg_sqs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+        steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in params]
+        for step_grads, lr in zip(grads, (0.01, 0.02, 0.005)):
+            torch._foreach_add_(steps, 1.0)
+            args = (params, step_grads, exp_avgs, exp_avg_sqs, steps, lr, 0.9, 0.95, 0.1)
+            if not use_kernel:
+                _adam_atan2_torch(*args)
+                continue
+            try:
+                _call_kernel(backend, *args)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # a failed launch surfaces here, not later
+            except Exception as error:  # noqa: BLE001 - a broken build: say so, use the torch update
+                return f"is installed but its kernel raised {_describe(error)}"
+        results.append(params + exp_avgs + exp_avg_sqs)
+    diff = max(float((a - b).abs().max()) for a, b in zip(*results))
+    if not diff <= PROBE_TOLERANCE:  # NaN too
+        return (f"is installed but computes another update than AdamATan2 (by {diff:.1e} > "
+                f"{PROBE_TOLERANCE:.0e} on a test step: a build of another adam-atan2 variant?)")
+    return None
+
+
+def _warn_fallback(device: torch.device) -> None:
+    """The one warning per process: which package, what is wrong with it, what to do."""
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    problem = _kernel_problems[device]
+    if not problem.startswith(KERNEL_PACKAGE):  # "is installed but ..." from the probe or a step
+        problem = f"{KERNEL_PACKAGE}'s fused kernel ({KERNEL_MODULE}) {problem}"
+    if problem.startswith(f"{KERNEL_PACKAGE} is not installed"):
+        todo = f"pip install --no-build-isolation {KERNEL_PACKAGE} (the `cuda` extra; it builds with nvcc)"
+    else:
+        todo = (f"rebuild it for this torch and GPU (pip install --force-reinstall --no-cache-dir "
+                f"--no-build-isolation {KERNEL_PACKAGE}), or uninstall it to silence this warning")
+    warnings.warn(f"AdamATan2 on {device}: {problem}; it runs its pure-torch update instead (the same update, "
+                  f"a slower optimizer step). To use the fused kernel: {todo}.", RuntimeWarning, stacklevel=2)
 
 
 def _adam_atan2_torch(
