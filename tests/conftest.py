@@ -50,3 +50,14 @@ def ray_instance():
     connect(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cpus2():
+    """A bare local Ray (2 CPUs) for the module's Ray Data builds, progress bars off."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()

@@ -16,16 +16,6 @@ from trm_ray.data.transforms import arc_decode_grid, invert_arc_variant
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray_cpus2():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
-
-
 def write_arc_prefix(directory, rng) -> str:
     """A tiny kaggle-style ARC source: subsets 'training' (3 puzzles) and 'evaluation' (2)."""
 

@@ -95,16 +95,6 @@ def test_cli_build_keeps_the_pinned_bytes(prefix, tmp_path):
     _check(json.loads((out / "build.json").read_text()), 100)
 
 
-@pytest.fixture(scope="module")
-def ray_cpus2():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
-
-
 @needs_arc
 @pytest.mark.ray
 @pytest.mark.slow
