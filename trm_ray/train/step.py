@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from trm_ray.config import DataShape, TrainConfig
 from trm_ray.ema import EMA
+from trm_ray.host_memory import keep_large_allocations_in_heap
 from trm_ray.model import ACTCarry, TRMWithLoss, build_model
 from trm_ray.optim import AdamATan2, SparseSignSGD, cosine_schedule_lr
 
@@ -62,6 +63,8 @@ def create_train_state(config: TrainConfig, shape: DataShape, total_steps: int,
                        device: torch.device | str = "cpu", batch_size_per_worker: int | None = None) -> TrainState:
     """Model, optimizers and EMA for this worker; every worker starts from rank 0's weights."""
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_large_allocations_in_heap()  # CPU activations are allocated and freed every step
     rank, world = distributed_world()
     batch_size = batch_size_per_worker or config.global_batch_size // world
     torch.manual_seed(config.seed)  # same init everywhere; the broadcast below makes it certain
