@@ -1,129 +1,131 @@
-"""What Ray Train costs on top of the plain training loop, and how well 2 workers scale.
+"""What `trm-ray train` costs end to end against the plain training loop in one process.
 
-    python benchmarks/train_overhead.py                       # 4x4 Sudoku, hidden 128, batch 256, attention
-    python benchmarks/train_overhead.py --hidden 64 --batch 128 --mlp-t --steps-per-window 15 --windows 3
-    python benchmarks/train_overhead.py --hidden 256 --steps-per-window 30 --windows 5
+    python benchmarks/train_overhead.py                    # the full run: 100 epochs, 1562 steps (~3-7 min a side)
+    python benchmarks/train_overhead.py --epochs 10        # a short one (156 steps)
+    python benchmarks/train_overhead.py --wandb            # both sides record to W&B (offline files)
 
-Runs one config three ways, all with 1 torch thread per worker:
-  (a) the plain loop in this process (trm_ray.train.loop.train, no Ray)
-  (b) the same loop under a TorchTrainer with 1 worker
-  (c) a TorchTrainer with 2 workers (gloo), same global batch
-and prints steady-state samples/s side by side: the median over report windows after the
-first (warm-up) one, each window's time including its ray.train.report wait. Goals:
-(b)/(a) >= 0.95 (<= 5% overhead) and (c)/(2 x (b)) >= 0.85 (data-parallel efficiency).
-Needs 2 free cores for a fair (c); on a shared machine the figures move with the load.
+The run: 6x6 Sudoku (datasets/sudoku-6x6-archs.yaml: 1000 train puzzles, built here with
+--no-ray unless --data names a built one) with experiments/sudoku6-archs.yaml: hidden 64, MLP-T,
+H_cycles 2 / L_cycles 2, global batch 64, 1 worker, evaluation and checkpoint at the end (or
+every --eval-interval epochs). Each side is a fresh process timed from launch to exit, start-up
+included, one after the other:
+  (a) the plain loop: trm_ray.train.loop.train in one Python process, no Ray, torch's default
+      threads, a LocalSession writing checkpoints and metrics.jsonl to a run folder
+  (b) `trm-ray train RECIPE key=value...` as a user runs it: the CLI starts a local Ray
+      instance, runs one Ray Train worker, shuts Ray down
+and prints both wall times, (b)/(a) (goal <= 1.15) and each run's final step and eval exact
+accuracy (the same model maths and seed: they should match). On a shared machine the figures
+move with the load: run it alone (`flock /tmp/trm-bench.lock python benchmarks/train_overhead.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from trm_ray.config import TrainConfig
-from trm_ray.data.layout import load_metadata
-from trm_ray.train.loop import SAMPLES_PER_S_KEY, LocalSession, train
-
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART_DATA = REPO / "data" / "sudoku-4x4-quickstart"
+DATASET_RECIPE = REPO / "datasets" / "sudoku-6x6-archs.yaml"
+TRAIN_RECIPE = REPO / "experiments" / "sudoku6-archs.yaml"
+GOAL = 1.15
 
 
-def dataset(scratch: Path) -> Path:
-    if (QUICKSTART_DATA / "train" / "dataset.json").is_file():
-        return QUICKSTART_DATA
-    from trm_ray.data.builder import build_dataset
-
-    output = scratch / "sudoku-4x4-quickstart"
-    build_dataset(REPO / "datasets" / "sudoku-4x4-quickstart.yaml", str(output), use_ray=False)
-    return output
+def overrides(args, data: Path, storage: Path, run_name: str) -> list[str]:
+    """The issue's run on top of the recipe (which already has hidden 64, MLP-T, H2/L2, batch 64)."""
+    return [f"data_paths=[{data}]", f"epochs={args.epochs}", f"eval_interval={args.eval_interval}",
+            "arch.hidden_size=64", "arch.mlp_t=true", "arch.H_cycles=2", "arch.L_cycles=2",
+            "global_batch_size=64", "ray.num_workers=1", f"tracking.wandb={'true' if args.wandb else 'false'}",
+            f"ray.storage_path={storage}", f"run_name={run_name}"]
 
 
-def make_config(args, data: Path, storage: Path, name: str, num_workers: int) -> TrainConfig:
-    meta = load_metadata(data, "train")
-    steps_per_epoch = meta.total_groups * meta.mean_puzzle_examples / args.batch
-    epochs = math.ceil((args.windows + 1) * args.steps_per_window / steps_per_epoch) + 1
-    return TrainConfig(
-        arch=dict(hidden_size=args.hidden, num_heads=4, L_layers=2, H_cycles=2, L_cycles=2, halt_max_steps=4,
-                  puzzle_emb_ndim=0, mlp_t=args.mlp_t, forward_dtype="float32"),
-        data_paths=[str(train_only(storage, data))],
-        global_batch_size=args.batch, epochs=epochs, eval_interval=epochs, lr=1e-3, lr_warmup_steps=10, seed=0,
-        run_name=name, tracking={"wandb": False},
-        ray={"num_workers": num_workers, "storage_path": str(storage), "threads_per_worker": 1},
-    )
+def plain_child(argv: list[str]) -> None:
+    """Side (a), in its own process: the loop as a script without Ray would run it."""
+    from trm_ray.config import load_train_config
+    from trm_ray.train.loop import LocalSession, train
+    from trm_ray.train.trainer import run_dir_of
+
+    config = load_train_config(str(TRAIN_RECIPE), argv)
+    train(config, LocalSession(run_dir_of(config)))
 
 
-def train_only(storage: Path, data: Path) -> Path:
-    """A view of the dataset with no test split: the benchmark times training only."""
-    view = storage / "train-only"
-    if not view.exists():
-        (view / "train").mkdir(parents=True)
-        for item in (data / "train").iterdir():
-            (view / "train" / item.name).symlink_to(item)
-        for item in data.iterdir():
-            if item.is_file():
-                (view / item.name).symlink_to(item)
-    return view
+def timed(command: list[str], env: dict[str, str], log: Path) -> float:
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        completed = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    if completed.returncode:
+        sys.exit(f"{' '.join(command[:4])} ... failed (exit {completed.returncode}); its output:\n{log.read_text()}")
+    return wall
 
 
-def steady(rates: list[float]) -> float:
-    rates = rates[1:] if len(rates) > 1 else rates  # the first window holds the warm-up
-    return statistics.median(rates)
-
-
-def plain(config: TrainConfig, args) -> float:
-    torch.set_num_threads(1)
-    session = LocalSession(None)
-    train(config, session, report_every_steps=args.steps_per_window)
-    return steady([h[SAMPLES_PER_S_KEY] for h in session.history if "epoch" not in h])
-
-
-def under_ray(config: TrainConfig, args) -> float:
-    from trm_ray.train.trainer import check_inputs, fit, read_metrics
-
-    config = check_inputs(config)
-    result = fit(config, report_every_steps=args.steps_per_window)
-    records = read_metrics(result.run_dir)
-    return steady([r[SAMPLES_PER_S_KEY] for r in records if "epoch" not in r])
+def summary(run_dir: Path) -> tuple[int, float, float]:
+    """(last step, its eval/exact_accuracy, median train samples/s) from the run's metrics.jsonl.
+    The rate is the loop's own (steps only, evaluations excluded), over every report but the
+    first, which holds the warm-up: it tells per-step cost from start-up cost."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = [r["train/samples_per_s"] for r in records if r.get("train/samples_per_s")]
+    rate = statistics.median(rates[1:] or rates) if rates else float("nan")
+    last = records[-1] if records else {}
+    exact = last.get("eval/exact_accuracy")
+    return last.get("step", 0), exact if isinstance(exact, (int, float)) else float("nan"), rate
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--plain-child":
+        plain_child(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--mlp-t", action="store_true", help="MLP-T instead of attention")
-    parser.add_argument("--steps-per-window", type=int, default=20, help="steps between reports")
-    parser.add_argument("--windows", type=int, default=4, help="timed windows after the warm-up one")
-    parser.add_argument("--num-cpus", type=int, default=3, help="CPUs of the local Ray instance")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs of 1000 puzzles (100: 1562 steps)")
+    parser.add_argument("--eval-interval", type=int,
+                        help="epochs between evaluations + checkpoints (default: one, at the end; each "
+                             "interval's steps are rounded down, so 10 intervals of 100 epochs make 1560 steps)")
+    parser.add_argument("--data", type=Path, help="a built datasets/sudoku-6x6-archs.yaml dataset (else built here)")
+    parser.add_argument("--wandb", action="store_true", help="both sides record to W&B (offline files)")
     args = parser.parse_args()
+    args.eval_interval = args.eval_interval or args.epochs
+    if args.epochs % args.eval_interval:
+        parser.error(f"--eval-interval {args.eval_interval} must divide --epochs {args.epochs}")
 
-    import ray
-
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # (b) starts its own local Ray
+    env.setdefault("WANDB_MODE", "offline")
+    env.setdefault("WANDB_SILENT", "true")
     with tempfile.TemporaryDirectory(prefix="trm-ray-bench-") as scratch:
         scratch = Path(scratch)
-        data = dataset(scratch)
-        rates = {}
-        started = time.perf_counter()
-        rates["a"] = plain(make_config(args, data, scratch, "plain", 1), args)
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
-        try:
-            rates["b"] = under_ray(make_config(args, data, scratch, "ray1", 1), args)
-            rates["c"] = under_ray(make_config(args, data, scratch, "ray2", 2), args)
-        finally:
-            ray.shutdown()
-        wall = time.perf_counter() - started
+        data = args.data
+        if data is None:
+            data = scratch / "sudoku-6x6"
+            subprocess.run([sys.executable, "-m", "trm_ray.cli.main", "data", "build", str(DATASET_RECIPE),
+                            "--output-dir", str(data), "--no-ray"], cwd=REPO, env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+        data = data.resolve()
+        storage = scratch / "runs"
+        plain_args = overrides(args, data, storage, "plain")
+        ray_args = overrides(args, data, storage, "ray")
+        wall_a = timed([sys.executable, str(Path(__file__).resolve()), "--plain-child", *plain_args], env,
+                       scratch / "plain.log")
+        cli = Path(sys.executable).with_name("trm-ray")
+        wall_b = timed([str(cli), "train", str(TRAIN_RECIPE), *ray_args], env, scratch / "ray.log")
+        step_a, exact_a, rate_a = summary(storage / "plain")
+        step_b, exact_b, rate_b = summary(storage / "ray")
 
-    print(f"\nconfig: 4x4 Sudoku, hidden {args.hidden}, {'MLP-T' if args.mlp_t else 'attention'}, global batch "
-          f"{args.batch}, 1 thread/worker, windows of {args.steps_per_window} steps ({wall:.0f} s in all)")
-    print(f"{'run':<34}{'samples/s':>12}{'ratio':>10}  goal")
-    print(f"{'(a) plain loop, 1 process':<34}{rates['a']:>12.1f}{'1.00':>10}")
-    print(f"{'(b) TorchTrainer, 1 worker':<34}{rates['b']:>12.1f}{rates['b'] / rates['a']:>10.2f}  >= 0.95 of (a)")
-    print(f"{'(c) TorchTrainer, 2 workers':<34}{rates['c']:>12.1f}{rates['c'] / (2 * rates['b']):>10.2f}"
-          f"  >= 0.85 of 2 x (b)")
+    ratio = wall_b / wall_a
+    print(f"\nrun: 6x6 Sudoku (1000 train puzzles), hidden 64, MLP-T, H2/L2, batch 64, {args.epochs} epochs = {step_a} "
+          f"steps, eval + checkpoint every {args.eval_interval} epochs, W&B {'offline' if args.wandb else 'off'}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'side':<46}{'wall s':>8}{'ratio':>7}{'samples/s':>11}{'final step':>12}{'eval exact':>12}")
+    rows = (("(a) plain loop, 1 process, start-up included", wall_a, rate_a, step_a, exact_a),
+            ("(b) trm-ray train, 1 worker, local Ray", wall_b, rate_b, step_b, exact_b))
+    for name, wall, rate, step, exact in rows:
+        print(f"{name:<46}{wall:>8.1f}{wall / wall_a:>7.2f}{rate:>11.1f}{step:>12}{exact:>12.4f}")
+    same = step_a == step_b and exact_a == exact_b
+    print(f"(b)/(a) wall time = {ratio:.3f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}); "
+          f"both runs learned {'the same' if same else 'DIFFERENTLY'}")
 
 
 if __name__ == "__main__":

@@ -159,10 +159,14 @@ class RayConfig(_Strict):
     address: Optional[str] = Field(None, description="Ray address; None starts/uses a local instance (or RAY_ADDRESS).")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks).")
     use_gpu: bool = Field(False, description="One GPU per worker; nccl instead of gloo.")
-    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Ray resources per worker.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Ray resources per worker. Without a CPU count: a local Ray instance "
+        "the run starts gives each worker its share of the node's CPUs (all of them for one worker); on a running "
+        "cluster, Ray's default (1 CPU; none with use_gpu).")
     storage_path: str = Field("runs", description="Where run folders go (local path or s3:// / gs:// URI).")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts before the run fails (-1: forever).")
-    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per worker; None: CPUs/worker.")
+    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per worker; None: the "
+                                              "worker's CPUs.")
 
 
 class CheckpointConfig(_Strict):

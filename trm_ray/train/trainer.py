@@ -29,7 +29,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, to_yaml
@@ -58,6 +58,8 @@ DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
 # Train metrics are reported about once a minute (each report is a barrier); this sets a
 # fixed number of steps instead (e.g. 1 in tests, to see every step in metrics.jsonl).
 REPORT_EVERY_STEPS_ENV = "TRM_RAY_REPORT_EVERY_STEPS"
+# Ray Train helpers that a local instance started by fit() has no use for (see fit()).
+LOCAL_RAY_TRAIN_OFF = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED")
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +339,37 @@ def ensure_ray(address: Optional[str]) -> bool:
     return connect(address)
 
 
+def worker_cpus(config: TrainConfig, node_cpus: Optional[float]) -> tuple[Optional[dict[str, float]], int]:
+    """(resources_per_worker for Ray, torch threads per worker).
+
+    node_cpus: the CPUs of a local Ray instance this run started itself (the node is the
+    run's alone), None on a cluster that was already up. A CPU count the user set is used as
+    it is, threads following it unless ray.threads_per_worker says otherwise. Without one, on
+    the run's own local instance the workers share the node's CPUs: one worker gets them all,
+    as the same loop in a plain process would use them (with 1 CPU it ran ~1.5x slower per
+    step on a 2-core machine). Claiming them cannot starve anything: Ray Train's controller
+    actor asks for no CPU, and the loop starts no Ray tasks of its own. On a cluster that was
+    already up (an address, or a sweep's trial inside Tune), other runs and trials share the
+    CPUs and were sized for Ray's default of 1 CPU per worker
+    (trm_ray.tune.driver.concurrent_trials), so that default stays, with threads to match:
+    more threads than claimed CPUs would oversubscribe the node.
+    """
+    resources = dict(config.ray.resources_per_worker)
+    if "CPU" not in resources and node_cpus is not None:
+        resources["CPU"] = float(max(1, int(node_cpus // config.ray.num_workers)))
+    cpus_per_worker = resources.get("CPU", 1)
+    threads = config.ray.threads_per_worker or max(1, int(cpus_per_worker))
+    return resources or None, threads
+
+
+def local_ray_train_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment for Ray Train on a local instance the run started: no node can be preempted
+    and nobody scrapes Ray Train's Prometheus metrics, so both helpers only take start-up time
+    and CPU from the worker (Ray passes these variables on to the controller and the workers).
+    A value the user set wins."""
+    return {key: "0" for key in LOCAL_RAY_TRAIN_OFF if key not in environ}
+
+
 def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = False,
         report_every_s: float = 60.0, report_every_steps: Optional[int] = None,
         callbacks: Sequence[Any] = ()) -> TrainRunResult:
@@ -369,10 +402,10 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     if report_every_steps is None and os.environ.get(REPORT_EVERY_STEPS_ENV):
         report_every_steps = int(os.environ[REPORT_EVERY_STEPS_ENV])
     started = ensure_ray(address or config.ray.address)
+    local_env = local_ray_train_env(os.environ) if started else {}
+    os.environ.update(local_env)
     try:
-        resources = dict(config.ray.resources_per_worker) or None
-        cpus_per_worker = (resources or {}).get("CPU", 1)
-        threads = config.ray.threads_per_worker or max(1, int(cpus_per_worker))
+        resources, threads = worker_cpus(config, ray.cluster_resources().get("CPU", 1.0) if started else None)
         evaluates = has_test_split(config.data_paths_test or config.data_paths)
         checkpoint_config = ray.train.CheckpointConfig(
             num_to_keep=config.checkpoint.num_to_keep,
@@ -404,6 +437,8 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
         )
         trainer.fit()
     finally:
+        for key in local_env:
+            os.environ.pop(key, None)
         if started:
             ray.shutdown()
     return summarize(run_dir)
