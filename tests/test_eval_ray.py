@@ -14,7 +14,8 @@ import trm_ray
 from trm_ray.cli.main import main as cli
 from trm_ray.eval import evaluate_checkpoint
 
-from test_eval import ARC_SHAPE, tiny_model, write_arc_test_split
+from test_eval import ARC_SHAPE, SEQ, VOCAB, make_scored_dataset, tiny_model, write_arc_test_split
+from trm_ray.config import DataShape
 
 pytestmark = pytest.mark.ray
 
@@ -66,3 +67,32 @@ def test_one_batch_on_ray_is_one_global_batch(tmp_path, ray_session):
     all_rows = np.load(dataset / "test" / "all__inputs.npy")
     assert on_ray.num_examples == 4
     assert np.array_equal(on_ray.outputs["all"]["inputs"], all_rows[:4])
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_ray_work_items_of_several_batches_score_as_in_process(tmp_path, ray_session, num_workers):
+    """Sets of 10 and 5 rows at batch 2: a Ray work item holds several batches, one of them
+    runs from set a into set b, and b's last batch has 1 row. Metrics equal to the bit (the
+    driver scores batch by batch in dataset order), and the outputs too. Two checkpoints one
+    after the other: the second run's worker processes, kept from the first, must use the
+    second model."""
+    shape = DataShape(seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=4)
+    dataset = make_scored_dataset(tmp_path / "data", tiny_model(shape, seed=3))
+    names = ("puzzle_identifiers", "labels", "preds", "q_halt_logits", "q_continue_logits")
+    for seed in (3, 4):
+        folder = tmp_path / f"ckpt{seed}"
+        folder.mkdir()
+        trm_ray.save_checkpoint(tiny_model(shape, seed=seed), folder)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each worker (cpus_per_worker=1): see the first test
+        try:
+            local = evaluate_checkpoint(folder, dataset, batch_size=2, num_workers=0, save_outputs=names)
+        finally:
+            torch.set_num_threads(threads)
+        on_ray = evaluate_checkpoint(folder, dataset, batch_size=2, num_workers=num_workers, cpus_per_worker=1,
+                                     save_outputs=names)
+        assert on_ray.metrics == local.metrics, seed
+        assert on_ray.num_examples == local.num_examples == 15
+        for set_name in ("a", "b"):
+            for name in names:
+                assert np.array_equal(on_ray.outputs[set_name][name], local.outputs[set_name][name]), (seed, name)

@@ -7,18 +7,19 @@
     # data-parallel batch inference on Ray (what `trm-ray eval --num-workers N` does):
     run = evaluate_checkpoint("runs/x/checkpoint_000010", "data/sudoku-extreme", num_workers=8, use_gpu=True)
 
-Why Ray Data (map_batches over an actor pool) and not Ray Train workers:
+Why Ray Data (map_batches over a pool of N tasks on CPU, of N actors on GPUs) and not Ray
+Train workers:
 - eval-only is stateless batch inference: no gradients, no collectives, nothing shared
-  between workers but the final counts. Ray Data's actor pool streams work items (one per
-  batch) to whichever actor is free, so a slow or lost node only delays (its items are
-  retried) instead of failing a gang; Train's fixed worker group must start together
-  (~20-30 s of start-up here), and one failed rank stops every rank.
+  between workers but the final counts. Ray Data streams work items (a few per worker,
+  each a run of batches) to whichever worker is free, so a slow or lost node only delays
+  (its items are retried) instead of failing a gang; Train's fixed worker group must start
+  together (~20-30 s of start-up here), and one failed rank stops every rank.
 - the pool can be sized to what the cluster has (`concurrency`), mixes CPU and GPU nodes,
   and needs no process group (no nccl/gloo rendezvous) to start.
-- ARC voting needs every prediction in one place anyway: the actors send their rows back
+- ARC voting needs every prediction in one place anyway: the workers send their rows back
   (compact dtypes) and the driver runs the very same EvalAccumulator that evaluate() runs
   inside training, so both paths compute identical metrics (a test checks it).
-- each actor reads its rows straight from the dataset's memory-mapped .npy files (a remote
+- each worker reads its rows straight from the dataset's memory-mapped .npy files (a remote
   URI is staged once per node, as the training loader does); only (set, start, stop)
   triples travel through Ray, and the model goes through the object store once.
 Inside training, evaluation stays in the Train workers (evaluate() under torch.distributed):
@@ -49,6 +50,7 @@ SAVABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_lo
 LIVE_WEIGHTS_FILE = "train_state.pt"  # in a trm-ray training checkpoint folder: {"model": live weights, ...}
 DEFAULT_BATCH_SIZE = 64
 NUM_PNG_EXAMPLES = 4
+ITEMS_PER_WORKER = 4  # Ray Data work items per worker (see _stream)
 
 
 @dataclass
@@ -157,14 +159,16 @@ class _Collector:
 # Ray Data path
 # --------------------------------------------------------------------------------------------
 class _Predictor:
-    """A Ray Data actor: loads (set, start, stop) rows from the dataset and predicts them."""
+    """Loads (set, start, stop) rows from the dataset and predicts them: the Ray Data actor of
+    GPU runs, and the per-process state of the CPU tasks (_predict_on_cpu)."""
 
     def __init__(self, model_ref: Any, dataset_dir: str, use_gpu: bool, num_threads: int, batch_size: int):
         import ray
 
         from trm_ray.data.loader import resolve_data_path
 
-        torch.set_num_threads(max(1, num_threads))
+        self.num_threads = max(1, num_threads)
+        torch.set_num_threads(self.num_threads)
         device = torch.device("cuda" if use_gpu else "cpu")
         self.model = ray.get(model_ref).to(device).eval()
         local = resolve_data_path(dataset_dir)
@@ -174,7 +178,12 @@ class _Predictor:
         self.batch_size = batch_size
 
     def __call__(self, item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        set_name, start, stop = str(item["set"][0]), int(item["start"][0]), int(item["stop"][0])
+        """item: (set, start, stop) chunks, one batch of rows each; their real rows in order,
+        with each row's set and chunk start (the driver scores chunk by chunk, as in-process)."""
+        parts = [self._chunk(str(s), int(a), int(b)) for s, a, b in zip(item["set"], item["start"], item["stop"])]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _chunk(self, set_name: str, start: int, stop: int) -> dict[str, np.ndarray]:
         # Padded to the full batch as PuzzleLoader pads a set's last batch: a forward pass
         # over fewer rows runs matmuls of another shape, whose float32 sums round
         # differently, and the real rows' logits would then differ from the in-process
@@ -187,7 +196,30 @@ class _Predictor:
             rows[k] = rows[k].astype(self.token_dtype)
         rows["labels"] = rows["labels"].astype(np.int16 if self.meta.vocab_size < 2**15 else np.int32)
         rows["set"] = np.full(stop - start, set_name, dtype=object)
+        rows["chunk_start"] = np.full(stop - start, start, dtype=np.int64)
         return rows
+
+
+# This worker process's _Predictor for the run whose model is in the object store under the
+# key's ObjectRef; one entry, so a process that served an earlier run drops that model.
+_CPU_PREDICTOR: dict[tuple, _Predictor] = {}
+
+
+def _predict_on_cpu(item: dict[str, np.ndarray], *, model_ref: Any, dataset_dir: str, num_threads: int,
+                    batch_size: int) -> dict[str, np.ndarray]:
+    """A Ray Data task's work item on CPU. Tasks and not actors: Ray keeps a task's worker
+    process for the next task, so the model is fetched once per process and run, and a later
+    run in the same session (a notebook, a sweep's evals) finds torch already imported; a
+    Ray Data actor is a new process each run, which spends ~1-2 s of its CPU on importing
+    ray.data and torch before its first batch (as much as 3-6 batches of a small model)."""
+    key = (model_ref.hex(), dataset_dir, num_threads, batch_size)
+    predictor = _CPU_PREDICTOR.get(key)
+    if predictor is None:
+        _CPU_PREDICTOR.clear()
+        predictor = _CPU_PREDICTOR[key] = _Predictor(model_ref, dataset_dir, False, num_threads, batch_size)
+    elif torch.get_num_threads() != predictor.num_threads:  # other work in this process changed it
+        torch.set_num_threads(predictor.num_threads)
+    return predictor(item)
 
 
 def read_rows(arrays: layout.SetArrays, meta: layout.DatasetMetadata, start: int, stop: int,
@@ -223,11 +255,32 @@ def _evaluate_on_ray(model: torch.nn.Module, dataset_dir: str, meta: layout.Data
         saved = (context.execution_options.preserve_order, context.print_on_execution_start)
         context.execution_options.preserve_order = True  # saved outputs in dataset order
         context.print_on_execution_start = False
+        policies = _without_resource_budget_backpressure(context)
         try:
             _stream(model, dataset_dir, chunks, accumulator, on_batch, num_workers, use_gpu, cpus_per_worker,
                     batch_size)
         finally:  # the caller's (a notebook's) Ray Data settings come back
             context.execution_options.preserve_order, context.print_on_execution_start = saved
+            if policies is not None:
+                context.set_config(*policies)
+
+
+def _without_resource_budget_backpressure(context: Any) -> Optional[tuple[str, Any]]:
+    """Ray Data's resource-budget backpressure holds an operator to one running work item
+    until the first is done (its progress line says "backpressured:tasks(ResourceBudget)"),
+    so the other workers idle through the first item, a quarter of a run. Here the pool's
+    size already bounds the work in flight and the driver takes each result as it comes, so
+    the policy is left out for the run. Returns (key, the setting to restore); None where
+    this Ray has no such policy (it moves in Ray's internals), which changes only the speed."""
+    try:
+        from ray.data._internal.execution import backpressure_policy as bp
+
+        key, budget = bp.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, bp.ResourceBudgetBackpressurePolicy
+        policies = context.get_config(key, bp.ENABLED_BACKPRESSURE_POLICIES)
+    except (ImportError, AttributeError):
+        return None
+    context.set_config(key, [p for p in policies if p is not budget])
+    return key, policies
 
 
 def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, int, int]], accumulator: EvalAccumulator,
@@ -241,31 +294,48 @@ def _stream(model: torch.nn.Module, dataset_dir: str, chunks: list[tuple[str, in
 
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
     cpus_per_actor = cpus_per_worker or (1 if use_gpu else max(1, total_cpus // num_workers))
-    num_workers = min(num_workers, len(chunks))  # more actors than work items would idle
+    num_workers = min(num_workers, len(chunks))  # more workers than work items would idle
     items = [{"set": s, "start": a, "stop": b} for s, a, b in chunks]
-    model_ref = ray.put(model.cpu())  # held here for the whole run (actor restarts re-read it)
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _Predictor,
-        batch_size=1,  # one work item = one batch of rows
-        compute=ray.data.ActorPoolStrategy(size=num_workers),
+    # A few work items per worker, each several batches in a row: a Ray Data task costs
+    # ~0.1-0.2 s of scheduling between one item and the next here (2 CPUs, both busy), a
+    # tenth of the work when an item is one batch of a small model; and a few per worker
+    # still keep them finishing together (contiguous, equal batch counts) and let a slow
+    # or lost worker's items go elsewhere.
+    num_items = min(len(items), num_workers * ITEMS_PER_WORKER)
+    model_ref = ray.put(model.cpu())  # held here for the whole run (retried items re-read it)
+    if use_gpu:
+        # Actors on GPUs: each keeps its device and CUDA context for the whole run.
+        work: dict[str, Any] = {
+            "fn": _Predictor, "compute": ray.data.ActorPoolStrategy(size=num_workers), "num_gpus": 1,
+            "fn_constructor_kwargs": {"model_ref": model_ref, "dataset_dir": dataset_dir, "use_gpu": True,
+                                      "num_threads": cpus_per_actor, "batch_size": batch_size}}
+    else:
+        work = {"fn": _predict_on_cpu, "compute": ray.data.TaskPoolStrategy(size=num_workers),
+                "fn_kwargs": {"model_ref": model_ref, "dataset_dir": dataset_dir, "num_threads": cpus_per_actor,
+                              "batch_size": batch_size}}
+    fn = work.pop("fn")
+    dataset = ray.data.from_items(items, override_num_blocks=num_items).map_batches(
+        fn,
+        batch_size=None,  # one block = one work item
         num_cpus=cpus_per_actor,
-        num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs={"model_ref": model_ref, "dataset_dir": dataset_dir,
-                               "use_gpu": use_gpu, "num_threads": cpus_per_actor, "batch_size": batch_size},
-        # the actors stage a URI dataset themselves, on nodes whose environment may not say
+        # the workers stage a URI dataset themselves, on nodes whose environment may not say
         # where the object store is (settings only, never credentials)
         **({"runtime_env": {"env_vars": endpoint}} if (endpoint := storage.endpoint_env()) else {}),
+        **work,
     )
     quiet_ray_data_console(logging.WARNING)  # the metrics table is this command's output
     for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        sets = rows.pop("set")
-        for set_name in dict.fromkeys(sets):
-            select = sets == set_name
+        sets, starts = rows.pop("set"), rows.pop("chunk_start")
+        # Scored chunk by chunk, in dataset order, as evaluate() scores its batches: the
+        # float64 sums then add up in the same order and the metrics are equal to the bit.
+        new_chunk = np.flatnonzero((sets[1:] != sets[:-1]) | (starts[1:] != starts[:-1])) + 1
+        for select in np.split(np.arange(len(sets)), new_chunk):
+            set_name = str(sets[select[0]])
             batch = {k: rows[k][select].astype(np.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
             outputs = {k: rows[k][select] for k in ROW_OUTPUTS if k in rows}
             outputs["preds"] = outputs["preds"].astype(np.int32)
-            accumulator.add(str(set_name), batch, outputs)
-            on_batch(str(set_name), batch, outputs)
+            accumulator.add(set_name, batch, outputs)
+            on_batch(set_name, batch, outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +362,7 @@ def evaluate_checkpoint(
     not reached as unsolved).
     evaluators: None adds an ARCEvaluator on ARC datasets (test_puzzles.json present).
     num_workers: 0 runs in this process (no Ray); N >= 1 runs Ray Data batch inference over
-    N actors (one GPU each with use_gpu); cpus_per_worker: CPUs (and torch threads) per actor,
+    N workers (one GPU each with use_gpu); cpus_per_worker: CPUs (and torch threads) per worker,
     None: the cluster's CPUs / N (1 with use_gpu)."""
     from trm_ray.data.loader import resolve_data_path
 
@@ -329,7 +399,7 @@ def evaluate_checkpoint(
         chunks = [(s, a, min(n, a + batch_size)) for s, n in sets.items() for a in range(0, n, batch_size)]
         if one_batch:
             # One global batch per set, as one_batch means in this process: batch_size rows on
-            # each of the num_workers actors.
+            # each of the num_workers workers.
             chunks = [c for s in sets for c in [c for c in chunks if c[0] == s][:num_workers]]
         accumulator = EvalAccumulator(evaluators, model.model.arch.halt_max_steps)
         for s in sets:
