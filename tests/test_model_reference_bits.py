@@ -47,10 +47,18 @@ def dense_grads(inner) -> dict[str, torch.Tensor]:
     return grads
 
 
+@pytest.fixture
+def two_threads():
+    """Vectorised and threaded kernels, as in a real run; the suite's setting comes back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mlp_t,pos", [(True, "none"), (False, "rope"), (False, "learned")],
                          ids=["mlp_t", "attention-rope", "attention-learned"])
-def test_inner_recursion_values_and_gradients_are_bit_identical_to_op_by_op(mlp_t, pos):
-    torch.set_num_threads(2)  # vectorised and threaded kernels, as in a real run
+def test_inner_recursion_values_and_gradients_are_bit_identical_to_op_by_op(mlp_t, pos, two_threads):
     model, arch, batch, (z_H, z_L), (w_logits, w_halt, w_cont) = make(mlp_t, pos)
     inner = model.model.inner
     model.eval()  # the puzzle rows are read from the table itself, as the op-by-op path reads them
