@@ -292,9 +292,15 @@ def test_tpe_sweep_runs_and_resumes_from_the_searchers_state(tmp_path, dataset, 
         assert after[trial_id].results == before[trial_id].results
     added = [t for t in after if t not in before]
     assert added, "the fifth trial is proposed after the resume"
-    for trial_id in added:  # each epoch evaluated once
+    for trial_id in added:  # each epoch evaluated once, none lost
         epochs = [r["epoch"] for r in read_metrics(sweep_dir / "train" / trial_id) if "epoch" in r]
-        assert epochs == list(range(1, after[trial_id].epochs_run + 1)), (trial_id, epochs)
+        recorded = after[trial_id].epochs_run
+        # A trial ASHA stops keeps training until the stop reaches its Train worker: the worker
+        # does not wait for Tune's decision on a report, so a fast epoch can finish in between.
+        # Its run folder may then hold epochs past the last one Tune recorded, each once.
+        late = after[trial_id].status == "stopped"
+        assert epochs == list(range(1, len(epochs) + 1)) and (len(epochs) >= recorded if late else
+                                                             len(epochs) == recorded), (trial_id, epochs, recorded)
     # the seeded first two proposals (both asked before any result) are among the trials, in
     # whichever order their first results were recorded; every lr is its own draw of the range:
     # a searcher that restarted instead of resuming its state would propose the first point again
