@@ -4,8 +4,8 @@ glibc serves every allocation above its mmap threshold (at most 32 MiB by defaul
 mmap and returns it to the kernel on free, so each such tensor costs a page fault per 4 KiB
 page, every time it is allocated. TRM's CPU step allocates activations of exactly that size
 and more over and over (hidden 512, batch 32: MLP-T's (32, 512, 512) fp32 gate is 33.5 MiB), and
-benchmarks/train_step.py measured the MLP-T step at 67% of the machine's matmul rate with
-glibc's defaults and 80% with these settings, the attention step at 82% and 85%.
+benchmarks/train_step.py measured the MLP-T step at 66% of the machine's matmul rate with
+glibc's defaults and 84% with these settings, the attention step at 84% and 88% (2-core CPU).
 
 Raising the mmap and trim thresholds makes freed blocks stay in the heap for the next
 allocation of that size. The cost is memory the process keeps after a free (bounded by the
