@@ -93,7 +93,7 @@ def test_env_copies_names_from_this_shell():
 
 def test_staged_checkout_has_the_installed_layout_without_data(tmp_path):
     checkout = tmp_path / "checkout"
-    for rel in ("trm_ray/__init__.py", "trm_ray/data/loader.py", "cli/main.py", "cli/__init__.py",
+    for rel in ("trm_ray/__init__.py", "trm_ray/data/loader.py", "trm_ray/cli/main.py", "trm_ray/cli/__init__.py",
                 "experiments/quickstart.yaml", "data/big/all__inputs.npy", "runs/r/ckpt", ".git/HEAD",
                 ".venv/bin/python", "trm_ray/__pycache__/x.pyc", "trm_ray.egg-info/PKG-INFO", "README.md"):
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)

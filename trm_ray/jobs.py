@@ -110,7 +110,7 @@ def command_line(command: Sequence[str]) -> str:
 
 
 def is_checkout(folder: Path) -> bool:
-    return (folder / "trm_ray" / "__init__.py").is_file() and (folder / "cli" / "main.py").is_file()
+    return (folder / "trm_ray" / "__init__.py").is_file() and (folder / "trm_ray" / "cli" / "main.py").is_file()
 
 
 def _excluded(relative: Path) -> bool:
@@ -120,8 +120,7 @@ def _excluded(relative: Path) -> bool:
 
 
 def stage_checkout(checkout: Path, destination: Path) -> Path:
-    """Copy a trm-ray checkout to `destination` as Ray will run it: trm_ray/ with cli/ inside
-    as trm_ray/cli/ (the package-dir mapping of pyproject.toml), the rest (recipes, ...) as is,
+    """Copy a trm-ray checkout to `destination` as Ray will run it (the package, recipes, ...),
     minus the excluded folders. Returns `destination`."""
 
     def copy(source: Path, target: Path, relative: Path) -> None:
@@ -136,14 +135,13 @@ def stage_checkout(checkout: Path, destination: Path) -> Path:
                 shutil.copy2(entry, target / entry.name)
 
     for entry in sorted(checkout.iterdir()):
-        if entry.name == "cli" or _excluded(Path(entry.name)) or entry.is_symlink():
+        if _excluded(Path(entry.name)) or entry.is_symlink():
             continue
         if entry.is_dir():
             copy(entry, destination / entry.name, Path(entry.name))
         elif entry.is_file():
             destination.mkdir(parents=True, exist_ok=True)
             shutil.copy2(entry, destination / entry.name)
-    copy(checkout / "cli", destination / "trm_ray" / "cli", Path("trm_ray") / "cli")
     return destination
 
 
