@@ -48,7 +48,7 @@ def plain_child(argv: list[str]) -> None:
     """Side (a), in its own process: the loop as a script without Ray would run it."""
     from trm_ray.config import load_train_config
     from trm_ray.train.loop import LocalSession, train
-    from trm_ray.train.trainer import run_dir_of
+    from trm_ray.run_folder import run_dir_of
 
     config = load_train_config(str(TRAIN_RECIPE), argv)
     train(config, LocalSession(run_dir_of(config)))

@@ -80,7 +80,8 @@ def test_two_workers_train_one_on_each_node(two_nodes, tmp_path):
     from datasets_util import write_dataset
     from trm_ray.checkpoint import load_checkpoint
     from trm_ray.config import TrainConfig
-    from trm_ray.train.trainer import check_inputs, fit, read_metrics
+    from trm_ray.train.trainer import check_inputs, fit
+    from trm_ray.run_folder import read_metrics
 
     cluster, worker_node = two_nodes
     node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}

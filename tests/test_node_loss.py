@@ -51,7 +51,8 @@ from trm_ray.config import TrainConfig  # noqa: E402
 from trm_ray.data.layout import load_metadata  # noqa: E402
 from trm_ray.optim import cosine_schedule_lr, total_train_steps  # noqa: E402
 from trm_ray.train.loop import TRAIN_STATE_FILE  # noqa: E402
-from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit, read_metrics  # noqa: E402
+from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit  # noqa: E402
+from trm_ray.run_folder import read_metrics  # noqa: E402
 
 BUCKET = "trm"
 DATA = f"s3://{BUCKET}/data/node-loss"

@@ -255,7 +255,7 @@ def test_tpe_sweep_runs_and_resumes_from_the_searchers_state(tmp_path, dataset, 
     import ray
 
     from trm_ray.config import load_train_config
-    from trm_ray.train.trainer import read_metrics
+    from trm_ray.run_folder import read_metrics
 
     path = write_search(tmp_path, dataset, "tpe", num_samples=5, concurrent=2)
     sweep_dir = tmp_path / "runs" / "tpe"

@@ -40,7 +40,8 @@ from trm_ray.data.layout import load_metadata  # noqa: E402
 from trm_ray.inference import predict  # noqa: E402
 from trm_ray.optim import cosine_schedule_lr, total_train_steps  # noqa: E402
 from trm_ray.train.loop import FAULT_ENV, TRAIN_STATE_FILE  # noqa: E402
-from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, read_metrics  # noqa: E402
+from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs  # noqa: E402
+from trm_ray.run_folder import read_metrics  # noqa: E402
 
 BUCKET = "trm"
 DATA = f"s3://{BUCKET}/data/tiny"

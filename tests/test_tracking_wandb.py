@@ -138,7 +138,7 @@ def sweep_folder(tmp_path: Path, name: str = "lr-sweep") -> tuple[Path, dict]:
 
 
 def test_sweep_trials_record_the_sweep_and_asha_outcome_after_they_finished(offline, tmp_path):
-    from trm_ray.train.trainer import run_dir_of
+    from trm_ray.run_folder import run_dir_of
     from trm_ray.tune.driver import record_outcomes_in_wandb, trial_train_config
 
     sweep_dir, context = sweep_folder(tmp_path)
@@ -334,7 +334,8 @@ def test_checkpoints_on_object_storage_are_logged_as_references(offline, tmp_pat
 
 def test_a_short_training_logs_its_best_checkpoint(offline, tmp_path):
     from datasets_util import write_tiny_dataset
-    from trm_ray.train.loop import EVAL_METRIC, LocalSession, train
+    from trm_ray.train.loop import LocalSession, train
+    from trm_ray.run_folder import EVAL_METRIC
 
     dataset = write_tiny_dataset(tmp_path / "data" / "tiny")
     config = TrainConfig(

@@ -35,7 +35,8 @@ from trm_ray.data.layout import load_metadata  # noqa: E402
 from trm_ray.optim import cosine_schedule_lr, total_train_steps  # noqa: E402
 from trm_ray.train.loop import FAULT_ENV, TRAIN_STATE_FILE  # noqa: E402
 from trm_ray.train.step import create_train_state  # noqa: E402
-from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit, read_metrics  # noqa: E402
+from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit  # noqa: E402
+from trm_ray.run_folder import read_metrics  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -247,6 +247,11 @@ class TrainConfig(_Strict):
         return self
 
     @property
+    def eval_paths(self) -> list[str]:
+        """The datasets evaluated on: data_paths_test, or data_paths when it is empty."""
+        return self.data_paths_test or self.data_paths
+
+    @property
     def batch_size_per_worker(self) -> int:
         return self.global_batch_size // self.ray.num_workers
 

@@ -385,7 +385,7 @@ class PushSource:
 
 
 def _eval_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    from trm_ray.train.loop import EVAL_METRIC
+    from trm_ray.run_folder import EVAL_METRIC
 
     metrics = {k: float(v) for k, v in record.items() if k.startswith(EVAL_PREFIXES)
                and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -394,8 +394,8 @@ def _eval_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _record_of_checkpoint(run_dir: str, name: str) -> Optional[dict[str, Any]]:
-    from trm_ray.train.loop import EVAL_METRIC
-    from trm_ray.train.trainer import read_metrics
+    from trm_ray.run_folder import EVAL_METRIC
+    from trm_ray.run_folder import read_metrics
 
     records = [r for r in read_metrics(run_dir)
                if r.get("checkpoint") == name and isinstance(r.get(EVAL_METRIC), (int, float))]
@@ -433,8 +433,8 @@ def _choose(checkpoint: str) -> tuple[str, dict[str, float], str]:
     CHECKPOINT: a run folder (local or URI) stands for its best checkpoint, else its last; a
     checkpoint folder inside a run folder gets that checkpoint's evaluation from the run."""
     from trm_ray import storage
-    from trm_ray.train.loop import STEP_KEY
-    from trm_ray.train.trainer import run_started, summarize
+    from trm_ray.run_folder import STEP_KEY
+    from trm_ray.run_folder import run_started, summarize
 
     location = checkpoint.rstrip("/") or checkpoint
     if is_hub_path(location):

@@ -172,7 +172,7 @@ def _training_recipe(given: str, checkpoint: str):
     from trm_ray import storage
     from trm_ray.config import ConfigError, TrainConfig, build
     from trm_ray.hub import as_hub_uri
-    from trm_ray.train.trainer import CONFIG_FILE, run_started
+    from trm_ray.run_folder import CONFIG_FILE, run_started
 
     if as_hub_uri(checkpoint) is not None:
         return None
@@ -230,7 +230,7 @@ def _checkpoint_of_run(checkpoint: str) -> str:
     checkpoint, else its last one; anything else is returned as given."""
     from trm_ray.checkpoint import CheckpointError
     from trm_ray.hub import is_hub_path
-    from trm_ray.train.trainer import run_started, summarize
+    from trm_ray.run_folder import run_started, summarize
 
     if is_hub_path(checkpoint):  # never a run folder; asking the Hub whether it is would fail offline
         return checkpoint

@@ -19,7 +19,7 @@ from trm_ray.cli import one_line
 
 if TYPE_CHECKING:
     from trm_ray.config import TrainConfig
-    from trm_ray.train.trainer import TrainRunResult
+    from trm_ray.run_folder import TrainRunResult
 
 EPILOG = """\b
 Run folder: <ray.storage_path>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint_<step>/
@@ -93,8 +93,8 @@ def _finished_run(config: "TrainConfig") -> Optional[tuple[int, "TrainRunResult"
     done: that checkpoint was taken at an epoch >= config.epochs (a run checkpoints at its last
     evaluation). Resuming it would start Ray and a worker group only to find nothing left to
     train. None: not finished."""
-    from trm_ray.train.loop import EPOCH_KEY
-    from trm_ray.train.trainer import read_metrics, run_dir_of, summarize
+    from trm_ray.run_folder import EPOCH_KEY
+    from trm_ray.run_folder import read_metrics, run_dir_of, summarize
 
     run_dir = run_dir_of(config)
     checkpointed = [r for r in read_metrics(run_dir) if r.get("checkpoint")]

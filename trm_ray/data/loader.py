@@ -373,7 +373,7 @@ class PuzzleLoader:
             paths = config.data_paths
             epochs_per_iter = config.eval_interval if config.eval_interval is not None else config.epochs
         else:
-            paths = config.data_paths_test or config.data_paths
+            paths = config.eval_paths
             epochs_per_iter = 1
         return cls(paths, split, global_batch_size=config.global_batch_size, rank=rank,
                    world_size=world_size, seed=config.seed, epochs_per_iter=epochs_per_iter, **kwargs)

@@ -320,7 +320,8 @@ def chunk_config(saved: Mapping[str, Any], arch: Any, *, data_dir: str, base_dir
 
 def finetune(config: Any) -> dict[str, Any]:
     """Run (or continue) the chunk's Ray Train run; {"checkpoint", "steps", "finetune_s"}."""
-    from trm_ray.train.trainer import check_inputs, fit, run_dir_of, run_started
+    from trm_ray.train.trainer import check_inputs, fit
+    from trm_ray.run_folder import run_dir_of, run_started
 
     started = time.perf_counter()
     config = check_inputs(config)

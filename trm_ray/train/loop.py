@@ -26,14 +26,12 @@ A checkpoint folder holds
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Mapping, Optional, Protocol
+from typing import Any, ContextManager, Iterator, Optional, Protocol
 
 import torch
 import torch.distributed as dist
@@ -45,32 +43,26 @@ from trm_ray.data.layout import METADATA_FILE, dataset_fingerprint, metadata_pat
 from trm_ray.data.loader import PuzzleLoader, is_uri
 from trm_ray.ema import EMA
 from trm_ray.optim import total_train_steps
+from trm_ray.run_folder import (
+    EPOCH_KEY,
+    EVAL_METRIC,
+    METRICS_FILE,
+    NO_EVAL_SCORE,
+    NUM_PARAMETERS_KEY,
+    SAMPLES_PER_S_KEY,
+    STEP_KEY,
+    append_metrics,
+    checkpoint_dir_name,
+)
 from trm_ray.tracking import NullTracker, Tracker, create_tracker
 from trm_ray.train.progress import Averager, Progress
 from trm_ray.train.step import TrainState, create_train_state, distributed_world, train_step
 
-# Metric names beside train_step's `train/*` and evaluate()'s `eval/*` (DESIGN: one place).
-STEP_KEY = "step"
-EPOCH_KEY = "epoch"
-EVAL_METRIC = "eval/exact_accuracy"  # what the best checkpoint is chosen by
-SAMPLES_PER_S_KEY = "train/samples_per_s"
-# The network's parameter count (the puzzle table is a buffer: not counted), in every evaluation
-# report, so a sweep's records carry it for `trm-ray compare`; a train/ key is not logged to W&B
-# again at evaluations (the tracker has it as num_params).
-NUM_PARAMETERS_KEY = "train/num_parameters"
 TRAIN_STATE_FILE = "train_state.pt"
 TRAIN_STATE_VERSION = 1
-# A checkpoint reported before any evaluation still needs the score key for Ray's ranking;
-# -inf ranks it below every evaluated one.
-NO_EVAL_SCORE = float("-inf")
-
 # Test hook (fault tolerance): "STEP:RANK:MARKER_FILE" makes RANK os._exit at STEP, once
 # (the marker file records that it happened, so the restarted worker carries on).
 FAULT_ENV = "TRM_RAY_FAULT_AT_STEP"
-
-
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_{step:07d}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,19 +109,6 @@ class LocalSession:
         append_metrics(run_dir / METRICS_FILE, record)
 
 
-METRICS_FILE = "metrics.jsonl"
-
-
-def json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Non-finite numbers become null, so any JSON reader copes."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-
-
-def append_metrics(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """One JSON object per line, to a local file or an object at a URI (trm_ray.storage)."""
-    storage.append_text(path, json.dumps(json_safe(record)) + "\n")
-
-
 def kept_checkpoint(session: Session, step: int) -> Optional[str]:
     """Where the session keeps the checkpoint reported at `step`: <run_dir>/checkpoint_<step>
     (a path or a URI), for the tracker's artifacts; None when it keeps none."""
@@ -160,7 +139,7 @@ def build_evaluators(config: TrainConfig) -> list[Any]:
     from trm_ray.eval import build_evaluators as from_specs
 
     try:
-        return from_specs(config.evaluators, config.data_paths_test or config.data_paths)
+        return from_specs(config.evaluators, config.eval_paths)
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:  # unknown name, or an option ARCEvaluator lacks
@@ -259,7 +238,7 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
 
     # ---- data: the reference's loader, epochs_per_iter = eval_interval ---------------------
     train_loader = PuzzleLoader.from_config(config, "train", rank=rank, world_size=world)
-    test_paths = config.data_paths_test or config.data_paths
+    test_paths = config.eval_paths
     test_loader = (PuzzleLoader.from_config(config, "test", rank=rank, world_size=world)
                    if has_test_split(test_paths) else None)
     evaluators = build_evaluators(config) if test_loader is not None else []

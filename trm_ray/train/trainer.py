@@ -23,11 +23,8 @@ and metrics then live only there (trm_ray.storage), and every question about the
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -35,20 +32,20 @@ from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, to_yaml
 from trm_ray.data.layout import METADATA_FILE, DatasetError, load_metadata
 from trm_ray.data.loader import is_uri
-from trm_ray.train.loop import (
-    append_metrics,
+from trm_ray.run_folder import (
+    CONFIG_FILE,
     EVAL_METRIC,
-    FAULT_ENV,
     METRICS_FILE,
     STEP_KEY,
-    build_evaluators,
+    TrainRunResult,
+    append_metrics,
     checkpoint_dir_name,
-    has_test_split,
-    train,
+    run_dir_of,
+    run_started,
+    summarize,
 )
+from trm_ray.train.loop import FAULT_ENV, build_evaluators, has_test_split, train
 
-CONFIG_FILE = "config.yaml"
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # Environment variables the workers get from the driver (dataset cache, test hooks).
 FORWARDED_ENV = ("TRM_RAY_CACHE", FAULT_ENV, "WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_BASE_URL",
                  "WANDB_SILENT", "HF_ENDPOINT", "HF_HUB_OFFLINE")  # HF_TOKEN: a node's own, like cloud keys
@@ -67,18 +64,6 @@ LOCAL_RAY_TRAIN_OFF = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS
 # --------------------------------------------------------------------------------------------
 def _absolute(path: str) -> str:
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
-
-
-def run_dir_of(config: TrainConfig) -> str:
-    location = config.ray.storage_path
-    if is_uri(location):
-        return f"{location.rstrip('/')}/{config.run_name}"
-    return str(Path(location) / str(config.run_name))
-
-
-def run_started(run_dir: str) -> bool:
-    """A run was started in `run_dir` (local or URI): our config.yaml or Ray's snapshot is there."""
-    return any(storage.is_file(storage.join(run_dir, name)) for name in (CONFIG_FILE, RAY_SNAPSHOT_FILE))
 
 
 def _check_remote_dataset(path: str, split: str) -> None:
@@ -143,7 +128,7 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
             _check_remote_dataset(path, "test")
         else:
             load_metadata(path, "test")
-    if config.evaluators and has_test_split(config.data_paths_test or config.data_paths):
+    if config.evaluators and has_test_split(config.eval_paths):
         build_evaluators(config)  # unknown evaluator names fail here, not in the workers
     if not any(is_uri(p) for p in config.data_paths):
         from trm_ray.data.loader import PuzzleLoader
@@ -258,70 +243,9 @@ def _metrics_file_callback(run_dir: str):
     return MetricsFile(run_dir)
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of <run_dir>/metrics.jsonl (a local folder or a URI); [] when there is none.
-
-    A line that is not a JSON object (a write cut short by a crash or a full disk) is skipped,
-    with one note on stderr: the other records are still the run's history."""
-    try:
-        text = storage.read_text(storage.join(str(run_dir), METRICS_FILE))
-    except FileNotFoundError:
-        return []
-    records, skipped = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            skipped += 1
-    if skipped:
-        print(f"trm-ray: {storage.join(str(run_dir), METRICS_FILE)}: skipped {skipped} unreadable line(s)",
-              file=sys.stderr)
-    return records
-
-
 # --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
-@dataclass
-class TrainRunResult:
-    run_dir: str
-    final: dict[str, Any] = field(default_factory=dict)  # the last report
-    best: dict[str, Any] = field(default_factory=dict)  # the report with the highest eval metric
-    best_checkpoint: Optional[str] = None
-    last_checkpoint: Optional[str] = None
-
-
-def summarize(run_dir: str) -> TrainRunResult:
-    """Final and best metrics from the run's metrics file (a local folder or a URI)."""
-    run_dir = str(run_dir)
-    records = read_metrics(run_dir)
-    result = TrainRunResult(run_dir=run_dir)
-    if not records:
-        return result
-    result.final = records[-1]
-    evaluated = [r for r in records if isinstance(r.get(EVAL_METRIC), (int, float))]
-    if evaluated:
-        # ties go to the later report, as Ray ranks checkpoints of equal score (it keeps that one)
-        result.best = max(evaluated, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
-    with_checkpoint = [r for r in records if r.get("checkpoint")]
-    if with_checkpoint:
-        result.last_checkpoint = storage.join(run_dir, with_checkpoint[-1]["checkpoint"])
-    # One listing of the run folder (one request on an object store) says which checkpoints
-    # Ray kept.
-    present = set(storage.list_dir(run_dir))
-    kept = [r for r in evaluated if r.get("checkpoint") in present]
-    if kept:
-        best_kept = max(kept, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
-        result.best_checkpoint = storage.join(run_dir, best_kept["checkpoint"])
-    return result
-
-
 def forwarded_env() -> dict[str, str]:
     """What processes started elsewhere on the cluster need from this one's environment: the
     object store's endpoint and FORWARDED_ENV; their credentials come from their own
@@ -406,7 +330,7 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     os.environ.update(local_env)
     try:
         resources, threads = worker_cpus(config, ray.cluster_resources().get("CPU", 1.0) if started else None)
-        evaluates = has_test_split(config.data_paths_test or config.data_paths)
+        evaluates = has_test_split(config.eval_paths)
         checkpoint_config = ray.train.CheckpointConfig(
             num_to_keep=config.checkpoint.num_to_keep,
             checkpoint_score_attribute=EVAL_METRIC if evaluates else None,

@@ -86,7 +86,7 @@ def summarize_sweep(sweep_dir: str | os.PathLike, metric: Optional[str] = None) 
 
 def _num_parameters(history: TrialHistory) -> Optional[int]:
     """The parameter count the trial's training reported (every evaluation report carries it)."""
-    from trm_ray.train.loop import NUM_PARAMETERS_KEY
+    from trm_ray.run_folder import NUM_PARAMETERS_KEY
 
     counts = [r[NUM_PARAMETERS_KEY] for r in history.results if isinstance(r.get(NUM_PARAMETERS_KEY), (int, float))]
     return int(counts[-1]) if counts else None

@@ -42,6 +42,7 @@ from trm_ray.tune.records import (
     upload_records,
     write_sweep_info,
 )
+from trm_ray.run_folder import EPOCH_KEY
 from trm_ray.tune.scheduler import REPLAYED_KEY, ResumableASHA
 from trm_ray.tune.search import build_searcher, trial_params, trial_space
 from trm_ray.tune.spec import (
@@ -54,7 +55,6 @@ from trm_ray.tune.spec import (
     with_resources,
 )
 
-EPOCH_KEY = "epoch"          # what the loop reports at every evaluation (trm_ray.train.loop.EPOCH_KEY)
 EVAL_ROUND_KEY = "eval_round"  # epoch / eval_interval, added to what Tune sees
 
 
@@ -103,7 +103,8 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the trial's TrainConfig, trained by the train issue's `fit` (a TorchTrainer)."""
     from ray import tune
 
-    from trm_ray.train.trainer import fit, run_dir_of, run_started
+    from trm_ray.train.trainer import fit
+    from trm_ray.run_folder import run_dir_of, run_started
 
     # Where the object store is (never a secret): a trial on another node may lack the
     # driver's AWS_ENDPOINT_URL, and its own checks of the run folder below need it.
@@ -133,7 +134,7 @@ def _report_if_silent(run_dir: str, eval_interval: int) -> None:
     from ray import tune
     from ray.train._internal.session import get_session
 
-    from trm_ray.train.trainer import read_metrics
+    from trm_ray.run_folder import read_metrics
 
     session = get_session()
     if session is None or session.iteration > 0:
@@ -218,9 +219,9 @@ def check_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
             if key in checked:
                 continue
             checked.add(key)
-            if sweep.spec.metric.startswith("eval/") and not has_test_split(config.data_paths_test or config.data_paths):
+            if sweep.spec.metric.startswith("eval/") and not has_test_split(config.eval_paths):
                 raise ConfigError(f"metric {sweep.spec.metric!r} needs a test split, and "
-                                  f"{config.data_paths_test or config.data_paths} has none; use a train/ metric")
+                                  f"{config.eval_paths} has none; use a train/ metric")
     except DatasetError as error:
         raise ConfigError(str(error)) from None
     recipe = build(TrainConfig, with_resources(sweep.base_data, sweep.spec.resources), "base")
@@ -429,7 +430,7 @@ def record_outcomes_in_wandb(sweep_dir: str, context: dict[str, Any], log: Calla
     the driver learnt it; the trial's recorded results complete that summary (a trial ASHA
     stops is killed before its W&B run is finished). Returns how many runs were updated."""
     from trm_ray.tracking import add_to_summary
-    from trm_ray.train.trainer import run_dir_of
+    from trm_ray.run_folder import run_dir_of
 
     updated = 0
     for trial_id, history in trial_histories(read_records(sweep_dir)).items():

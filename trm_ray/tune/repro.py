@@ -488,7 +488,7 @@ def _count_key(metric: str) -> Optional[str]:
 
 def _evaluations(run_dir: str) -> tuple[Optional[dict[str, Any]], Optional[dict[str, Any]], Optional[str]]:
     """(best evaluation, final evaluation, best kept checkpoint) of one run."""
-    from trm_ray.train.trainer import read_metrics, summarize
+    from trm_ray.run_folder import read_metrics, summarize
 
     def evaluated(record: dict[str, Any]) -> bool:
         value = record.get(REPORT_METRIC)

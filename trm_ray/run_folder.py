@@ -1,0 +1,130 @@
+"""The run folder's format, in one place: file names, the metric keys every report carries,
+the metrics file's writer and reader, and the final/best summary of a run.
+
+    <ray.storage_path>/<run_name>/      a local folder or a URI (s3://bucket/runs/<run_name>)
+        config.yaml           the resolved recipe (what `--resume` reads back)
+        metrics.jsonl         every report, one JSON object a line, in report order
+        checkpoint_<step>/    model.pt + all_config.yaml (reference format), train_state.pt
+        checkpoint_manager_snapshot.json, ...   Ray's own bookkeeping (what resuming reads)
+
+    summarize(run_dir).best, .final, .best_checkpoint      # what `trm-ray train` prints
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from trm_ray import storage
+from trm_ray.config import TrainConfig
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+# Metric names beside the training step's `train/*` and the evaluator's `eval/*`.
+STEP_KEY = "step"
+EPOCH_KEY = "epoch"
+EVAL_METRIC = "eval/exact_accuracy"  # what the best checkpoint is chosen by
+SAMPLES_PER_S_KEY = "train/samples_per_s"
+# The network's parameter count (the puzzle table is a buffer: not counted), in every evaluation
+# report, so a sweep's records carry it for `trm-ray compare`; a train/ key is not logged to W&B
+# again at evaluations (the tracker has it as num_params).
+NUM_PARAMETERS_KEY = "train/num_parameters"
+# A checkpoint reported before any evaluation still needs the score key for Ray's ranking;
+# -inf ranks it below every evaluated one.
+NO_EVAL_SCORE = float("-inf")
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"checkpoint_{step:07d}"
+
+
+def json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Non-finite numbers become null, so any JSON reader copes."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def append_metrics(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """One JSON object per line, to a local file or an object at a URI (trm_ray.storage)."""
+    storage.append_text(path, json.dumps(json_safe(record)) + "\n")
+
+
+def run_dir_of(config: TrainConfig) -> str:
+    location = config.ray.storage_path
+    if storage.is_uri(location):
+        return f"{location.rstrip('/')}/{config.run_name}"
+    return str(Path(location) / str(config.run_name))
+
+
+def run_started(run_dir: str) -> bool:
+    """A run was started in `run_dir` (local or URI): our config.yaml or Ray's snapshot is there."""
+    return any(storage.is_file(storage.join(run_dir, name)) for name in (CONFIG_FILE, RAY_SNAPSHOT_FILE))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of <run_dir>/metrics.jsonl (a local folder or a URI); [] when there is none.
+
+    A line that is not a JSON object (a write cut short by a crash or a full disk) is skipped,
+    with one note on stderr: the other records are still the run's history."""
+    try:
+        text = storage.read_text(storage.join(str(run_dir), METRICS_FILE))
+    except FileNotFoundError:
+        return []
+    records, skipped = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            skipped += 1
+    if skipped:
+        print(f"trm-ray: {storage.join(str(run_dir), METRICS_FILE)}: skipped {skipped} unreadable line(s)",
+              file=sys.stderr)
+    return records
+
+
+@dataclass
+class TrainRunResult:
+    run_dir: str
+    final: dict[str, Any] = field(default_factory=dict)  # the last report
+    best: dict[str, Any] = field(default_factory=dict)  # the report with the highest eval metric
+    best_checkpoint: Optional[str] = None
+    last_checkpoint: Optional[str] = None
+
+
+def summarize(run_dir: str) -> TrainRunResult:
+    """Final and best metrics from the run's metrics file (a local folder or a URI)."""
+    run_dir = str(run_dir)
+    records = read_metrics(run_dir)
+    result = TrainRunResult(run_dir=run_dir)
+    if not records:
+        return result
+    result.final = records[-1]
+    evaluated = [r for r in records if isinstance(r.get(EVAL_METRIC), (int, float))]
+    if evaluated:
+        # ties go to the later report, as Ray ranks checkpoints of equal score (it keeps that one)
+        result.best = max(evaluated, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
+    with_checkpoint = [r for r in records if r.get("checkpoint")]
+    if with_checkpoint:
+        result.last_checkpoint = storage.join(run_dir, with_checkpoint[-1]["checkpoint"])
+    # One listing of the run folder (one request on an object store) says which checkpoints
+    # Ray kept.
+    present = set(storage.list_dir(run_dir))
+    kept = [r for r in evaluated if r.get("checkpoint") in present]
+    if kept:
+        best_kept = max(kept, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
+        result.best_checkpoint = storage.join(run_dir, best_kept["checkpoint"])
+    return result
+
+
