@@ -22,7 +22,6 @@ huggingface_hub is imported only when the Hub is used (it is slow to import).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -33,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from trm_ray.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError
+from trm_ray.errors import first_line
 
 SCHEME = "hf://"
 DEFAULT_REVISION = "main"
@@ -185,11 +185,6 @@ def _is_bare(location: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
-
-
 def _status(error: BaseException) -> Optional[int]:
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None)
@@ -233,10 +228,10 @@ def explain(error: BaseException, hub_path: HubPath, writing: bool = False) -> s
             return f"cannot push to {repo}: HF_HUB_OFFLINE=1 or no connection to {constants.ENDPOINT}"
         return _not_cached(hub_path, repr(hub_path.path or "the repo root"))
     if isinstance(error, hf.HFValidationError):
-        return f"not a valid Hub path: {_first_line(error)}"
+        return f"not a valid Hub path: {first_line(error)}"
     if status is not None:
-        return f"{repo}: the Hub answered {status}: {_first_line(error)}"
-    return f"{repo}: {type(error).__name__}: {_first_line(error)} (Hub endpoint {constants.ENDPOINT})"
+        return f"{repo}: the Hub answered {status}: {first_line(error)}"
+    return f"{repo}: {type(error).__name__}: {first_line(error)} (Hub endpoint {constants.ENDPOINT})"
 
 
 def _checkpoints_in_repo(hub_path: HubPath) -> list[str]:
@@ -385,35 +380,34 @@ class PushSource:
 
 
 def _eval_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    from trm_ray.run_folder import EVAL_METRIC
+    from trm_ray.run_folder import EVAL_METRIC, is_metric_value
 
-    metrics = {k: float(v) for k, v in record.items() if k.startswith(EVAL_PREFIXES)
-               and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    metrics = {k: float(v) for k, v in record.items() if k.startswith(EVAL_PREFIXES) and is_metric_value(v)}
     # the metric the best checkpoint is chosen by first, the rest in the order reported
     return dict(sorted(metrics.items(), key=lambda kv: kv[0] != EVAL_METRIC))
 
 
 def _record_of_checkpoint(run_dir: str, name: str) -> Optional[dict[str, Any]]:
-    from trm_ray.run_folder import EVAL_METRIC
-    from trm_ray.run_folder import read_metrics
+    from trm_ray.run_folder import EVAL_METRIC, is_metric_value, read_metrics
 
-    records = [r for r in read_metrics(run_dir)
-               if r.get("checkpoint") == name and isinstance(r.get(EVAL_METRIC), (int, float))]
+    records = [r for r in read_metrics(run_dir) if r.get("checkpoint") == name and is_metric_value(r.get(EVAL_METRIC))]
     return records[-1] if records else None
 
 
 def read_eval_metrics(path: str | os.PathLike) -> tuple[dict[str, float], str]:
     """(metrics, where from) of a `trm-ray eval` output: its metrics.json, or the folder holding it."""
+    from trm_ray.eval.outputs import METRICS_FILE
+
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.json"
+        path = path / METRICS_FILE
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"--eval-metrics {str(path)!r} does not exist: pass the metrics.json "
                               f"`trm-ray eval` wrote (or its --outdir)") from None
     except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"--eval-metrics {str(path)!r} is not readable JSON: {_first_line(error)}") from None
+        raise CheckpointError(f"--eval-metrics {str(path)!r} is not readable JSON: {first_line(error)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"--eval-metrics {str(path)!r} is not a JSON object of metrics")
     metrics = _eval_metrics(data.get("metrics", data) if isinstance(data.get("metrics", data), dict) else {})

@@ -5,6 +5,7 @@ the metrics file's writer and reader, and the final/best summary of a run.
         config.yaml           the resolved recipe (what `--resume` reads back)
         metrics.jsonl         every report, one JSON object a line, in report order
         checkpoint_<step>/    model.pt + all_config.yaml (reference format), train_state.pt
+        wandb/                W&B files (offline runs when there are no credentials)
         checkpoint_manager_snapshot.json, ...   Ray's own bookkeeping (what resuming reads)
 
     summarize(run_dir).best, .final, .best_checkpoint      # what `trm-ray train` prints
@@ -12,15 +13,13 @@ the metrics file's writer and reader, and the final/best summary of a run.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from trm_ray import storage
+from trm_ray import jsonl, storage
 from trm_ray.config import TrainConfig
 
 CONFIG_FILE = "config.yaml"
@@ -41,18 +40,19 @@ NUM_PARAMETERS_KEY = "train/num_parameters"
 NO_EVAL_SCORE = float("-inf")
 
 
+def is_metric_value(value: Any) -> bool:
+    """A value a metric can be ranked or averaged by: a finite number, not a bool (metrics.jsonl
+    keeps a non-finite one as null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:07d}"
 
 
-def json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Non-finite numbers become null, so any JSON reader copes."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-
-
 def append_metrics(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """One JSON object per line, to a local file or an object at a URI (trm_ray.storage)."""
-    storage.append_text(path, json.dumps(json_safe(record)) + "\n")
+    """One report at the end of a metrics.jsonl (a local file or a URI), as trm_ray.jsonl writes."""
+    jsonl.append(path, record)
 
 
 def run_dir_of(config: TrainConfig) -> str:
@@ -69,29 +69,8 @@ def run_started(run_dir: str) -> bool:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of <run_dir>/metrics.jsonl (a local folder or a URI); [] when there is none.
-
-    A line that is not a JSON object (a write cut short by a crash or a full disk) is skipped,
-    with one note on stderr: the other records are still the run's history."""
-    try:
-        text = storage.read_text(storage.join(str(run_dir), METRICS_FILE))
-    except FileNotFoundError:
-        return []
-    records, skipped = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            skipped += 1
-    if skipped:
-        print(f"trm-ray: {storage.join(str(run_dir), METRICS_FILE)}: skipped {skipped} unreadable line(s)",
-              file=sys.stderr)
-    return records
+    A line cut short by a crash is skipped with one note (trm_ray.jsonl.read)."""
+    return jsonl.read(storage.join(str(run_dir), METRICS_FILE))
 
 
 @dataclass
@@ -111,7 +90,7 @@ def summarize(run_dir: str) -> TrainRunResult:
     if not records:
         return result
     result.final = records[-1]
-    evaluated = [r for r in records if isinstance(r.get(EVAL_METRIC), (int, float))]
+    evaluated = [r for r in records if is_metric_value(r.get(EVAL_METRIC))]
     if evaluated:
         # ties go to the later report, as Ray ranks checkpoints of equal score (it keeps that one)
         result.best = max(evaluated, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))

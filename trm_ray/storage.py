@@ -162,6 +162,12 @@ def _translated(location: str) -> Iterator[None]:
         raise StorageError(explain(error, location)) from None
 
 
+def cache_dir() -> Path:
+    """Where trm-ray keeps local copies (staged datasets, a URI sweep's records): $TRM_RAY_CACHE,
+    else ~/.cache/trm-ray."""
+    return Path(os.environ.get("TRM_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trm-ray"))
+
+
 def join(base: PathLike, *parts: str) -> str:
     """`base/part/...` for a URI or a local path (URIs always with '/')."""
     base = str(base)
@@ -273,45 +279,25 @@ def write_text(location: PathLike, text: str) -> None:
     write_bytes(location, text.encode())
 
 
-def append_text(location: PathLike, text: str) -> None:
-    """Add `text` at the end. Local files are appended to; objects cannot be, so the object is
-    read and written back whole (meant for small files such as metrics.jsonl, written by one
-    process at a time)."""
-    if not is_uri(location):
-        path = Path(location).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            handle.write(text)
-        return
-    try:
-        old = read_bytes(location)
-    except FileNotFoundError:
-        old = b""
-    write_bytes(location, old + text.encode())
-
-
 def delete_file(location: PathLike) -> None:
     """Remove a file if it is there."""
-    if not is_uri(location):
-        Path(location).expanduser().unlink(missing_ok=True)
-        return
-    filesystem, path = _fs(location)
-    with _translated(str(location)):
-        try:
-            filesystem.delete_file(path)
-        except FileNotFoundError:
-            pass
+    _delete(location, lambda path: path.unlink(missing_ok=True), "delete_file")
 
 
 def delete_dir(location: PathLike) -> None:
     """Remove a folder and everything under it if it is there."""
+    _delete(location, lambda path: shutil.rmtree(path, ignore_errors=True), "delete_dir")
+
+
+def _delete(location: PathLike, local: Callable[[Path], None], method: str) -> None:
+    """`local(path)` for a local path, else the filesystem's `method`; nothing there is no error."""
     if not is_uri(location):
-        shutil.rmtree(Path(location).expanduser(), ignore_errors=True)
+        local(Path(location).expanduser())
         return
     filesystem, path = _fs(location)
     with _translated(str(location)):
         try:
-            filesystem.delete_dir(path)
+            getattr(filesystem, method)(path)
         except FileNotFoundError:
             pass
 

@@ -45,14 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Protocol, Sequence
 
-from trm_ray.data.layout import is_uri
+from trm_ray.errors import first_line
+from trm_ray.run_folder import is_metric_value
+from trm_ray.storage import is_uri
 
 if TYPE_CHECKING:
     from trm_ray.config import TrainConfig
 
 NUM_PARAMETERS_KEY = "num_params"
 JOB_TRAIN, JOB_SWEEP_TRIAL, JOB_EVAL = "train", "sweep-trial", "eval"
-# The x-axis of every chart: the train step, logged with every row (trm_ray.train.loop.STEP_KEY).
+# The x-axis of every chart: the train step, logged with every row (trm_ray.run_folder.STEP_KEY).
 # Not W&B's own _step: a run resumed from an earlier checkpoint logs steps again.
 STEP_METRIC = "step"
 # Summary aggregates beside the last value (W&B define_metric): what runs are sorted by;
@@ -142,16 +144,15 @@ def sweep_of(run_dir: Optional[str]) -> Optional[dict[str, Any]]:
     """The sweep a run belongs to (sweep.json's name, metric, mode) when its folder is a sweep
     trial's, <sweep>/train/<trial>; None otherwise (or when the folder cannot be read)."""
     from trm_ray import storage
-    from trm_ray.tune.records import SWEEP_FILE, TRAIN_DIR
+    from trm_ray.tune.records import TRAIN_DIR, read_sweep_info
 
     if not run_dir:
         return None
     parent = str(run_dir).rstrip("/").rsplit("/", 1)[0]
     if storage.name_of(parent) != TRAIN_DIR:
         return None
-    sweep_file = storage.join(parent.rsplit("/", 1)[0], SWEEP_FILE)
     try:
-        info = json.loads(storage.read_text(sweep_file))
+        info = read_sweep_info(parent.rsplit("/", 1)[0])
     except (OSError, ValueError):  # not a sweep's folder, or unreadable: an ordinary run
         return None
     return {"name": info.get("name"), "metric": info.get("metric"), "mode": info.get("mode")}
@@ -367,7 +368,7 @@ class WandbTracker:
             self.run.log_artifact(artifact, aliases=aliases)
         except Exception as error:  # W&B's own errors (a missing boto3 for s3:// references, ...)
             # must not stop training: the checkpoint itself is safe in the run folder
-            _warn(f"checkpoint at step {step} not logged as an artifact: {str(error).splitlines()[0]}")
+            _warn(f"checkpoint at step {step} not logged as an artifact: {first_line(error)}")
 
     def finish(self) -> None:
         try:
@@ -555,10 +556,6 @@ def _ops_for(key: str, summary_ops: Mapping[str, tuple[str, ...]]) -> tuple[str,
     return next((ops for name, ops in summary_ops.items() if name.endswith("*") and fnmatch.fnmatchcase(key, name)), ())
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def summary_from_results(results: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
                          summary_ops: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
     """The summary entries that `results` (rows of reported metrics, oldest first: `epoch`,
@@ -567,7 +564,7 @@ def summary_from_results(results: Sequence[Mapping[str, Any]], base: Mapping[str
     summary: dict[str, Any] = {}
     keys = dict.fromkeys(k for row in results for k in row if "/" in k or k in ("epoch", STEP_METRIC))
     for key in keys:
-        values = [row[key] for row in results if _number(row.get(key))]
+        values = [row[key] for row in results if is_metric_value(row.get(key))]
         if not values:
             continue
         ops = _ops_for(key, summary_ops)
@@ -578,7 +575,7 @@ def summary_from_results(results: Sequence[Mapping[str, Any]], base: Mapping[str
         before = dict(before.items()) if hasattr(before, "items") else {}
         merged: dict[str, Any] = {}
         for op in ops:
-            earlier = [before[op]] if _number(before.get(op)) else []
+            earlier = [before[op]] if is_metric_value(before.get(op)) else []
             if op in ("max", "min"):
                 merged[op] = (max if op == "max" else min)([*values, *earlier])
             elif op == "last":
@@ -633,7 +630,7 @@ def add_to_summary(config: "TrainConfig", run_dir: str, values: Mapping[str, Any
         finish_run(run)
     except Exception as error:  # W&B's errors (no network, a refused resume)
         # must not fail the sweep that calls this
-        _warn(f"could not update run {name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        _warn(f"could not update run {name}: {first_line(error)}")
         return False
     finally:
         _publish(directory, upload_to)
@@ -703,7 +700,7 @@ def track_eval(metrics: Mapping[str, Any], *, checkpoint: str, dataset: str, out
             where = storage.join(upload_to, "wandb", local_folder.name)
     except Exception as error:  # W&B's errors (no network, refused credentials): the evaluation's
         # own files are written already, so this is a warning, not a failed eval
-        _warn(f"eval run not recorded: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        _warn(f"eval run not recorded: {first_line(error)}")
         return None
     finally:
         _publish(directory, upload_to)

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from trm_ray.errors import first_line
+
 
 class DatasetBuildError(ValueError):
     """A dataset build that cannot go on because of its inputs; the message says what to do."""
@@ -160,9 +162,8 @@ def _hub_download(repo_id: str, filename: str) -> str:  # pragma: no cover - nee
 
         return hf_hub_download(repo_id, filename, repo_type="dataset")
     except Exception as error:  # offline, unknown repo, no permission: all end the same way
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise DatasetBuildError(
-            f"cannot fetch {filename} of {repo_id!r} from the HuggingFace hub ({first_line}): go online, "
+            f"cannot fetch {filename} of {repo_id!r} from the HuggingFace hub ({first_line(error)}): go online, "
             "or pass --source with a local folder holding train.csv and test.csv, or --source generate"
         ) from None
 

@@ -163,7 +163,7 @@ def prepare(chunk_dir: str, checkpoint: str, task_set: Any, names: list[str], nu
     from trm_ray.config import DataShape
     from trm_ray.data import layout
     from trm_ray.data.builder import build_dataset
-    from trm_ray.data.loader import resolve_data_path
+    from trm_ray.data.staging import resolve_data_path
     from trm_ray.data.recipe import DatasetRecipe
     from trm_ray.posttrain.tasks import write_chunk_files
 
@@ -206,10 +206,10 @@ def demo_fit(model: Any, dataset_dir: str, max_rows: int = DEMO_FIT_ROWS, batch_
     fraction of exactly right grids over up to `max_rows` train rows, the original (not
     augmented) puzzles' rows first."""
     from trm_ray.data import layout
-    from trm_ray.data.loader import resolve_data_path
+    from trm_ray.data.staging import resolve_data_path
     from trm_ray.data.transforms import PUZZLE_ID_SEPARATOR
     from trm_ray.eval.core import predict_real_rows
-    from trm_ray.eval.run import read_rows
+    from trm_ray.data.loader import read_rows
 
     local = resolve_data_path(dataset_dir)
     meta = layout.load_metadata(local, "train")
@@ -244,7 +244,8 @@ def predict(checkpoint: str, chunk_dir: str, out_file: str, threads: Optional[in
     `out_file` in the chunk folder."""
     import torch
 
-    from trm_ray.eval.run import evaluate_checkpoint, load_eval_model
+    from trm_ray.eval.loading import load_eval_model
+    from trm_ray.eval.run import evaluate_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
@@ -287,7 +288,7 @@ def chunk_config(saved: Mapping[str, Any], arch: Any, *, data_dir: str, base_dir
     (the job predicts with voting afterwards); a checkpoint at each of up to 4 intervals."""
     from trm_ray.config import ConfigError, TrainConfig, build
     from trm_ray.data import layout
-    from trm_ray.data.loader import resolve_data_path
+    from trm_ray.data.staging import resolve_data_path
 
     data: dict[str, Any] = {k: saved[k] for k in INHERITED_KEYS if k in saved and saved[k] is not None}
     data.update({k: v for k, v in train.items() if v is not None and k != "warmup_fraction"})

@@ -31,11 +31,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from trm_ray import storage
+from trm_ray.errors import last_line
 from trm_ray.posttrain import chunk as C
 from trm_ray.posttrain.tasks import PosttrainError, TaskSet, format_scores, load_tasks, merge_submissions, \
     score_submission, split_chunks
 
-JOB_FILE, SUMMARY_FILE, SUBMISSION_FILE = "job.json", "posttrain.json", "submission.json"
+JOB_FILE, SUMMARY_FILE = "job.json", "posttrain.json"
+SUBMISSION_FILE = C.SUBMISSION_FILE  # the job's merged submission: the chunks' format and name
 # What a resumed job must share with the one it continues (everything that changes results).
 JOB_IDENTITY = ("checkpoint", "tasks", "subset", "chunks", "num_aug", "seed", "steps", "epochs", "train", "keep_table")
 FINETUNED, FALLBACK, PLACEHOLDER = "post-trained", "pretrained (time limit)", "placeholder (time limit)"
@@ -271,8 +273,7 @@ def run_posttrain(opts: PosttrainOptions, log: Callable[[str], None] = print) ->
                 result = _get(ref)
             except ray.exceptions.RayError as error:  # retries spent: the chunk submits its fallback
                 failed.add(k)
-                last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-                log(f"chunk {k}: failed ({last_line}); it submits the pretrained predictions")
+                log(f"chunk {k}: failed ({last_line(error)}); it submits the pretrained predictions")
                 return
             before = (C.read_json(storage.join(chunk_dir(opts.out, k), C.PRETRAINED_FILE)) or {}).get("fit", {})
             after = result["fit"]
@@ -304,7 +305,7 @@ def _finish(opts: PosttrainOptions, job_id: str, task_set: TaskSet, chunks: list
         if base is not None:
             pretrained.update(base["submission"])
         if C.finished(folder):
-            finetuned.update(json.loads(storage.read_text(storage.join(folder, C.SUBMISSION_FILE))))
+            finetuned.update(C.read_json(storage.join(folder, C.SUBMISSION_FILE)) or {})
             result = C.read_json(storage.join(folder, C.RESULT_FILE)) or {}
             status = FINETUNED
         else:

@@ -8,7 +8,7 @@
 
 Every trial's row names its architecture (arch.name's short name; a sweep over `arch` shows
 each trial's label, e.g. `hrm` or `trm(L_cycles=6)`) and its parameter count, which training
-reports with every evaluation (trm_ray.train.loop.NUM_PARAMETERS_KEY) and the sweep records keep.
+reports with every evaluation (trm_ray.run_folder.NUM_PARAMETERS_KEY) and the sweep records keep.
 When the architecture varies, those two columns come first and a last line ranks the
 architectures by their best trial; otherwise they stand before the wall time.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from trm_ray.config import ConfigError, TrainConfig, arch_short_name, build, to_yaml
+from trm_ray.config import ConfigError, TrainConfig, build, to_yaml
 from trm_ray.storage import StorageError
 from trm_ray.tune.records import TrialHistory, read_records, read_sweep_info, trial_histories
 
@@ -95,7 +95,7 @@ def _num_parameters(history: TrialHistory) -> Optional[int]:
 def _arch_labels(info: dict[str, Any], histories: list[TrialHistory]) -> list[str]:
     """Each trial's architecture label: its arch section's short name, from the sweep's base
     recipe with the trial's values; for a sweep over `arch`, the labels the sweep showed."""
-    from trm_ray.tune.spec import ARCH_KEY, arch_labels, set_key
+    from trm_ray.tune.spec import ARCH_KEY, arch_label, arch_labels, set_key
 
     if histories and all(isinstance(h.params.get(ARCH_KEY), dict) for h in histories):
         return arch_labels([h.params[ARCH_KEY] for h in histories])
@@ -105,8 +105,7 @@ def _arch_labels(info: dict[str, Any], histories: list[TrialHistory]) -> list[st
         try:
             for key, value in history.params.items():
                 data = set_key(data, key, value)
-            name = (data.get(ARCH_KEY) or {}).get("name") or "trm"
-            labels.append(arch_short_name(str(name)))
+            labels.append(arch_label((data.get(ARCH_KEY) or {}).get("name")))
         except (ConfigError, ValueError, AttributeError):  # records of another version: show what is there
             labels.append(str(history.params.get(f"{ARCH_KEY}.name", "-")))
     return labels
@@ -235,12 +234,9 @@ def _format_duration(seconds: float) -> str:
 
 def plot_curves(summary: SweepSummary, path: str | os.PathLike) -> None:
     """Every trial's metric against epochs; trials ASHA stopped are dashed."""
-    import matplotlib
+    from trm_ray.figures import new_figure, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = new_figure(figsize=(8, 5))
     for row in summary.rows:
         curve = row.history.curve(summary.metric)
         if not curve:
@@ -257,10 +253,7 @@ def plot_curves(summary: SweepSummary, path: str | os.PathLike) -> None:
     axes.grid(alpha=0.3)
     if summary.rows:
         axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_png(figure, path, dpi=120)
 
 
 def best_config(summary: SweepSummary) -> TrainConfig:

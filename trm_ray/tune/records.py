@@ -27,17 +27,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from trm_ray import storage
+from trm_ray import jsonl, storage
 
 SWEEP_FILE = "sweep.json"
 RECORDS_FILE = "trials.jsonl"
 TRAIN_DIR = "train"
+
+# trials.jsonl's record kinds ("event"), as the module docstring lists them.
+TRIAL, RESULT, STOP, COMPLETE, ERROR = "trial", "result", "stop", "complete", "error"
+# The keys of a result record that are not the trial's reported values.
+RESULT_OWN_KEYS = ("event", "trial_id", "time", "decision")
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +52,8 @@ _reconciled: set[str] = set()
 
 def mirror_path(sweep_dir: str | os.PathLike) -> Path:
     """The driver's local copy of a URI sweep folder's trials.jsonl (one folder per URI)."""
-    base = os.environ.get("TRM_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trm-ray")
     key = hashlib.sha256(str(sweep_dir).rstrip("/").encode()).hexdigest()[:16]
-    return Path(base, "sweeps", key, RECORDS_FILE)
-
-
-def _whole_lines(text: str) -> str:
-    """`text` without a last line cut short (a driver killed while writing it)."""
-    return text if not text or text.endswith("\n") else text[: text.rfind("\n") + 1]
+    return storage.cache_dir() / "sweeps" / key / RECORDS_FILE
 
 
 def _records_text(sweep_dir: str | os.PathLike) -> str:
@@ -70,55 +68,51 @@ def _records_text(sweep_dir: str | os.PathLike) -> str:
         remote = ""
     mirror = mirror_path(sweep_dir)
     local = mirror.read_text() if mirror.is_file() else ""
-    return local if local.startswith(_whole_lines(remote)) and len(local) > len(remote) else remote
-
-
-def _write_synced(path: Path, text: str) -> None:
-    """Replace a local file whole and fsync it (a temporary name, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _append_synced(path: Path, line: str) -> None:
-    """One line, flushed and fsync'ed: a killed driver loses at most the line being written.
-    A last line cut short by an earlier kill is dropped first, or the new line would be
-    glued onto it and lost too."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(size - 1)
-            if handle.read(1) != b"\n":
-                handle.seek(0)
-                handle.truncate(len(_whole_lines(handle.read().decode(errors="replace")).encode()))
-        handle.write(line.encode())
-        handle.flush()
-        os.fsync(handle.fileno())
+    return local if local.startswith(jsonl.whole_lines(remote)) and len(local) > len(remote) else remote
 
 
 def append_record(sweep_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     """Add one record to <sweep_dir>/trials.jsonl (the driver is its only writer)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    line = json.dumps(clean, default=str) + "\n"
     if not storage.is_uri(sweep_dir):
-        _append_synced(Path(sweep_dir) / RECORDS_FILE, line)
+        jsonl.append(Path(sweep_dir) / RECORDS_FILE, record)
         return
     mirror = mirror_path(sweep_dir)
     key = str(sweep_dir).rstrip("/")
     if key not in _reconciled:
         # Start from the newest copy: another machine may have continued this sweep since
         # this mirror was written, or this machine never ran it.
-        current = _whole_lines(_records_text(sweep_dir))
+        current = jsonl.whole_lines(_records_text(sweep_dir))
         if not mirror.is_file() or mirror.read_text() != current:
-            _write_synced(mirror, current)
+            jsonl.replace_synced(mirror, current)
         _reconciled.add(key)
-    _append_synced(mirror, line)
+    jsonl.append(mirror, record)
     upload_records(sweep_dir, strict=False)
+
+
+def trial_record(trial_id: str, index: Optional[int], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial was added: its index in the sweep (None: proposed by a search) and its values."""
+    return {"event": TRIAL, "trial_id": trial_id, "index": index, "params": params}
+
+
+def result_record(trial_id: str, time: Optional[float], values: dict[str, Any], stop: bool) -> dict[str, Any]:
+    """A result the scheduler judged: its time in the scheduler's unit, the reported values
+    kept, and the decision (stop or continue)."""
+    return {"event": RESULT, "trial_id": trial_id, "time": time, **values, "decision": "stop" if stop else "continue"}
+
+
+def stop_record(trial_id: str, time: Optional[float], early: bool) -> dict[str, Any]:
+    """The scheduler stopped a trial: early (at a rung) or at max_t."""
+    return {"event": STOP, "trial_id": trial_id, "time": time, "early": early}
+
+
+def end_record(trial_id: str, *, error: bool = False) -> dict[str, Any]:
+    """A trial finished, or failed."""
+    return {"event": ERROR if error else COMPLETE, "trial_id": trial_id}
+
+
+def result_values(record: dict[str, Any]) -> dict[str, Any]:
+    """What the trial reported in a result record (the record's own keys and nulls left out)."""
+    return {k: v for k, v in record.items() if k not in RESULT_OWN_KEYS and v is not None}
 
 
 def upload_records(sweep_dir: str | os.PathLike, *, strict: bool = True) -> None:
@@ -131,7 +125,7 @@ def upload_records(sweep_dir: str | os.PathLike, *, strict: bool = True) -> None
     if not mirror.is_file():
         return
     try:
-        storage.write_text(storage.join(sweep_dir, RECORDS_FILE), _whole_lines(mirror.read_text()))
+        storage.write_text(storage.join(sweep_dir, RECORDS_FILE), jsonl.whole_lines(mirror.read_text()))
     except storage.StorageError as error:
         if strict:
             raise
@@ -148,13 +142,9 @@ def forget_records(sweep_dir: str | os.PathLike) -> None:
 
 
 def read_records(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    records = []
-    for line in _records_text(sweep_dir).splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed driver
-    return records
+    """The records of <sweep_dir>/trials.jsonl, the newest copy there is; a line cut short by a
+    killed driver is skipped with one note (trm_ray.jsonl.parse)."""
+    return jsonl.parse(_records_text(sweep_dir), storage.join(sweep_dir, RECORDS_FILE))
 
 
 def write_sweep_info(sweep_dir: str | os.PathLike, info: dict[str, Any]) -> None:
@@ -231,20 +221,20 @@ def trial_histories(records: list[dict[str, Any]]) -> dict[str, TrialHistory]:
             continue
         trial = trials.setdefault(trial_id, TrialHistory(trial_id))
         event = record.get("event")
-        if event == "trial":
+        if event == TRIAL:
             trial.index, trial.params = record.get("index"), dict(record.get("params") or {})
-        elif event == "result":
+        elif event == RESULT:
             trial.wall_time_s += float(record.get("time_this_iter_s") or 0.0)
             # a resumed Train run may repeat an epoch it reported before its last checkpoint
             trial.results = [r for r in trial.results if r.get("epoch") != record.get("epoch")] + [record]
             if trial.status == "pending":
                 trial.status = "running"
-        elif event == "stop":
+        elif event == STOP:
             trial.stopped_early = bool(record.get("early"))
             trial.status = "stopped" if trial.stopped_early else "complete"
-        elif event == "complete":
+        elif event == COMPLETE:
             if trial.status != "stopped":
                 trial.status = "complete"
-        elif event == "error":
+        elif event == ERROR:
             trial.status = "error"
     return trials

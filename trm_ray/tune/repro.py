@@ -50,7 +50,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, build, read_yaml, set_key
+from trm_ray.errors import first_line
+from trm_ray.jsonl import json_safe
 from trm_ray.overrides import compose, load_recipe
+from trm_ray.run_folder import is_metric_value
 
 REPRO_FILE = "repro.json"
 REPRO_FORMAT = 1  # repro.json's layout version
@@ -445,18 +448,7 @@ class ReproReport:
         return next((m for m in self.metrics if m.metric == metric and m.at == at), None)
 
     def to_json(self) -> dict[str, Any]:
-        return _finite(asdict(self))
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: None instead."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        return json_safe(asdict(self))
 
 
 def is_repro(folder: str | os.PathLike) -> bool:
@@ -491,8 +483,7 @@ def _evaluations(run_dir: str) -> tuple[Optional[dict[str, Any]], Optional[dict[
     from trm_ray.run_folder import read_metrics, summarize
 
     def evaluated(record: dict[str, Any]) -> bool:
-        value = record.get(REPORT_METRIC)
-        return isinstance(value, (int, float)) and math.isfinite(value)
+        return is_metric_value(record.get(REPORT_METRIC))
 
     result = summarize(run_dir)  # the best report and the checkpoint the run kept for it
     finals = [r for r in read_metrics(run_dir) if evaluated(r)]
@@ -562,7 +553,7 @@ def _metric_stats(metric: str, at: str, seeds: list[int], evaluations: dict[int,
     for seed in seeds:
         record = (evaluations.get(seed) or {}).get(at)
         value = record.get(metric) if record else None
-        value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+        value = float(value) if is_metric_value(value) else None
         values[str(seed)] = value
         if value is None:
             continue
@@ -734,7 +725,7 @@ def wandb_summary(report: ReproReport) -> dict[str, Any]:
         for key in ("difference", "low", "high", "differs"):
             if row[key] is not None:
                 summary[f"repro/compare/{row['metric']}/{row['at']}/{key}"] = row[key]
-    return _finite(summary)
+    return json_safe(summary)
 
 
 def track_repro(report: ReproReport, log: Callable[[str], None] = print) -> Optional[str]:
@@ -770,14 +761,14 @@ def track_repro(report: ReproReport, log: Callable[[str], None] = print) -> Opti
                    "wilson_low", "wilson_high"]
         data = [[m.metric, m.at, *(m.values.get(str(s)) for s in report.seeds), m.n, m.mean, m.std, m.t_low,
                  m.t_high, m.wilson_low, m.wilson_high] for m in report.metrics]
-        run.log({"repro/seeds": wandb.Table(columns=columns, data=_finite(data))})
+        run.log({"repro/seeds": wandb.Table(columns=columns, data=json_safe(data))})
         run.summary.update(wandb_summary(report))
         where = run.url if mode == "online" else str(Path(run.settings.sync_dir))
         tracking.finish_run(run)
         if upload_to is not None and mode != "online":
             where = storage.join(upload_to, "wandb", Path(where).name)
     except Exception as error:  # W&B's errors (no network, refused credentials)
-        log(f"trm-ray: W&B: repro run not recorded: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        log(f"trm-ray: W&B: repro run not recorded: {first_line(error)}")
         return None
     finally:
         tracking._publish(directory, upload_to)

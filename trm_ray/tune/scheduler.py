@@ -17,13 +17,14 @@ ResumableASHA fixes both:
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Optional
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from trm_ray.tune.records import append_record, read_records, trial_histories
+from trm_ray.run_folder import is_metric_value
+from trm_ray.tune.records import (append_record, end_record, read_records, result_record, stop_record, trial_histories,
+                                   trial_record)
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -64,7 +65,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def _score(self, result: dict[str, Any]) -> Optional[float]:
         value = result.get(self._metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_metric_value(value):
             return None  # e.g. -inf before the first evaluation (min_eval_interval)
         return self._metric_op * float(value)
 
@@ -74,8 +75,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         known = self._histories().get(trial.trial_id)
         if known is None or known.index is None:
             planned = trial.config.get("trial", {})  # the driver's {"index": i, "params": {...}}
-            append_record(self.sweep_dir, {"event": "trial", "trial_id": trial.trial_id,
-                                           "index": planned.get("index"), "params": planned.get("params", {})})
+            append_record(self.sweep_dir, trial_record(trial.trial_id, planned.get("index"), planned.get("params", {})))
         if known is None:
             return
         bracket = self._trial_info[trial.trial_id]
@@ -95,15 +95,13 @@ class ResumableASHA(AsyncHyperBandScheduler):
             action = TrialScheduler.STOP
         elif time is not None and score is not None:
             action = self._trial_info[trial.trial_id].on_result(trial, time, score)
-        record = {"event": "result", "trial_id": trial.trial_id, "time": time,
-                  **{k: result[k] for k in KEPT_KEYS if k in result},
-                  **{k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))},
-                  "decision": "stop" if action == TrialScheduler.STOP else "continue"}
-        append_record(self.sweep_dir, record)
+        values = {**{k: result[k] for k in KEPT_KEYS if k in result},
+                  **{k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}}
+        append_record(self.sweep_dir, result_record(trial.trial_id, time, values, action == TrialScheduler.STOP))
         if action == TrialScheduler.STOP:
             self._num_stopped += 1
             early = time is None or time < self._max_t
-            append_record(self.sweep_dir, {"event": "stop", "trial_id": trial.trial_id, "time": time, "early": early})
+            append_record(self.sweep_dir, stop_record(trial.trial_id, time, early))
         return action
 
     def on_trial_complete(self, tune_controller: "TuneController", trial: Trial, result: dict) -> None:
@@ -111,10 +109,10 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if time is not None and score is not None and trial.trial_id in self._trial_info:
             self._trial_info[trial.trial_id].on_result(trial, time, score)
         self._trial_info.pop(trial.trial_id, None)
-        append_record(self.sweep_dir, {"event": "complete", "trial_id": trial.trial_id})
+        append_record(self.sweep_dir, end_record(trial.trial_id))
 
     def on_trial_error(self, tune_controller: "TuneController", trial: Trial) -> None:
-        append_record(self.sweep_dir, {"event": "error", "trial_id": trial.trial_id})
+        append_record(self.sweep_dir, end_record(trial.trial_id, error=True))
         self._trial_info.pop(trial.trial_id, None)
 
     def on_trial_remove(self, tune_controller: "TuneController", trial: Trial) -> None:

@@ -79,7 +79,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Iterable, Literal, Optional, Sequence, Union
 
 from pydantic import Field, model_validator
 
@@ -94,8 +94,8 @@ from trm_ray.config import (
     read_yaml,
     set_key,
 )
-from trm_ray.data.layout import is_uri
 from trm_ray.overrides import load_arch_group, load_recipe, note, parse_override, resolve_interpolations
+from trm_ray.storage import is_uri
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 ARCH_KEY = "arch"  # the searched key whose values are architecture groups
@@ -218,7 +218,8 @@ class SweepSpec(_Strict):
 
     name: Optional[str] = Field(None, description="Sweep name: folder under storage_path and W&B group; "
                                                   "None: the file's stem.")
-    base: str = Field(..., description="Base training recipe (path relative to the sweep file).")
+    base: str = Field(..., description="Base training recipe: a path relative to the sweep file, or a "
+                                     "shipped recipe such as experiments/quickstart.yaml.")
     overrides: Union[dict[str, Any], list[str]] = Field(
         default_factory=dict, description="Applied to the base before the search space: {dotted.key: value} "
                                           "or ['key=value', ...].")
@@ -305,15 +306,23 @@ def load_sweep_spec(path: str | os.PathLike, overrides: Sequence[str] = (),
 
     overrides: key=value for the base recipe, applied after the file's own `overrides` (e.g.
     data_paths=[s3://bucket/data/x] from the command line); storage_path replaces the file's."""
+    from trm_ray.recipes import find_recipe, is_packaged
+
     path = Path(path)
-    spec: SweepSpec = build(SweepSpec, read_yaml(path), str(path))
+    # `path` stays as given (messages, sweep.json's source, the resume hint); the file read may
+    # be a shipped sweep of that name
+    file = find_recipe(path, "sweeps")
+    spec: SweepSpec = build(SweepSpec, read_yaml(file), str(path))
     if storage_path:
         spec = spec.model_copy(update={"storage_path": storage_path})
-    base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+    base_path = (file.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
     if not base_path.is_file() and Path(spec.base).is_file():
         base_path = Path(spec.base)  # also accept a path relative to the working directory
+    if not base_path.is_file() and is_packaged(spec.base, "experiments"):
+        base_path = find_recipe(spec.base, "experiments")  # a shipped recipe by name (experiments/quickstart.yaml)
     if not base_path.is_file():
-        raise ConfigError(f"{path}: base recipe {spec.base!r} does not exist (paths are relative to the sweep file)")
+        raise ConfigError(f"{path}: base recipe {spec.base!r} does not exist (paths are relative to the sweep file, "
+                          f"or name a shipped recipe such as experiments/quickstart.yaml)")
     data = load_recipe(base_path)  # the reference layout too: defaults list, arch groups, ${oc.env:...}
     if isinstance(spec.overrides, list):
         data = apply_overrides(data, spec.overrides)
@@ -501,8 +510,7 @@ def check_points(sweep: Sweep) -> list[dict[str, Any]]:
 
 def space_varied_keys(space: dict[str, Domain]) -> list[str]:
     """Searched keys that can take more than one value (what `trm-ray compare` lists)."""
-    return [key for key, domain in space.items()
-            if len({repr(dict(v) if isinstance(v, dict) else v) for v in domain_ends(domain)}) > 1]
+    return [key for key, domain in space.items() if _differ(domain_ends(domain))]
 
 
 def trial_config(sweep: Sweep, params: dict[str, Any]) -> TrainConfig:
@@ -549,7 +557,7 @@ def _resolve_arch(sweep: Sweep, value: Any) -> tuple[dict[str, Any], list[str]]:
         (value["name"], {k: v for k, v in value.items() if k != "name"})
     section = dict(load_arch_group(group_name, sweep.recipe_dir))
     recipe = dict(sweep.base_data.get(ARCH_KEY) or {})
-    same_arch = _short_name(recipe.get("name")) == _short_name(section.get("name"))
+    same_arch = arch_label(recipe.get("name")) == arch_label(section.get("name"))
     skipped = []
     for key, item in recipe.items():
         if key == "name" or key in sweep.arch_overrides:
@@ -565,7 +573,7 @@ def _resolve_arch(sweep: Sweep, value: Any) -> tuple[dict[str, Any], list[str]]:
     return section, [key for key in skipped if key not in own and repr(section.get(key)) != repr(recipe[key])]
 
 
-def _short_name(name: Any) -> str:
+def arch_label(name: Any) -> str:
     """arch.name as its short name (default trm); an unknown name as given (validation reports it)."""
     if name is None:
         return "trm"
@@ -578,7 +586,7 @@ def _short_name(name: Any) -> str:
 def arch_labels(sections: Sequence[dict[str, Any]]) -> list[str]:
     """Short labels of arch sections: the architecture's short name, plus, where sections of one
     architecture differ, the keys that differ (`trm(L_cycles=6)`)."""
-    names = [_short_name(section.get("name")) for section in sections]
+    names = [arch_label(section.get("name")) for section in sections]
     labels = []
     for name, section in zip(names, sections):
         same = [other for other, other_name in zip(sections, names) if other_name == name]
@@ -596,10 +604,10 @@ def _note_recipe_arch_keys(sweep: Sweep, values: Sequence[Any]) -> None:
         section, keys = _resolve_arch(sweep, value)
         for key in keys:
             names = skipped.setdefault(key, [])
-            if _short_name(section.get("name")) not in names:
-                names.append(_short_name(section.get("name")))
+            if arch_label(section.get("name")) not in names:
+                names.append(arch_label(section.get("name")))
     if skipped:
-        own = _short_name((sweep.base_data.get(ARCH_KEY) or {}).get("name"))
+        own = arch_label((sweep.base_data.get(ARCH_KEY) or {}).get("name"))
         others = sorted({name for names in skipped.values() for name in names})
         note(f"{sweep.source}: the base recipe's arch.{', arch.'.join(skipped)} apply to {own} trials only; "
              f"{', '.join(others)} take their group's (set them in an architecture's mapping, "
@@ -632,5 +640,10 @@ def check_time_units(sweep: Sweep, config: TrainConfig, described: str) -> None:
 def varied_keys(trials: list[dict[str, Any]]) -> list[str]:
     """Searched keys whose value differs between trials."""
     keys = list(trials[0]) if trials else []
-    return [k for k in keys if len({repr(dict(v) if isinstance(v, dict) else v)
-                                    for v in (t.get(k) for t in trials)}) > 1]
+    return [k for k in keys if _differ(t.get(k) for t in trials)]
+
+
+def _differ(values: Iterable[Any]) -> bool:
+    """More than one distinct value among `values` (mappings, such as arch sections, compared
+    by their items)."""
+    return len({repr(dict(v) if isinstance(v, dict) else v) for v in values}) > 1
