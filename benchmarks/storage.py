@@ -13,7 +13,7 @@ local and stopped with ray.shutdown().
 
 1. Checkpoint save and load of the ARC-size model: TRM hidden 512, 2 layers, 8 heads, expansion 4,
    seq_len 900, vocab 12, EMA on, a puzzle table of --puzzle-rows x 512 fp32, written by
-   trm_ray.train.loop.write_checkpoint (model.pt + all_config.yaml + train_state.pt with live
+   trm_ray.checkpoint.write_checkpoint (model.pt + all_config.yaml + train_state.pt with live
    weights, EMA and both optimizers' states). Save: write the folder to local disk, vs write it
    and storage.upload_dir it to s3. Load: torch.load both files from local disk, vs
    storage.local_copy (trm-ray's download) + torch.load, vs ray.train.Checkpoint.to_directory
@@ -174,8 +174,7 @@ def arc_train_state(rows: int):
 def load_folder(folder: Path) -> None:
     import torch
 
-    from trm_ray.checkpoint import MODEL_FILE
-    from trm_ray.train.loop import TRAIN_STATE_FILE
+    from trm_ray.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
 
     weights = torch.load(Path(folder) / MODEL_FILE, map_location="cpu", weights_only=True)
     blob = torch.load(Path(folder) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
@@ -188,7 +187,7 @@ def bench_checkpoint(args, store: str, work: Path) -> Path:
     import gc
 
     from trm_ray import storage
-    from trm_ray.train.loop import write_checkpoint
+    from trm_ray.checkpoint import write_checkpoint
 
     say(f"1. building the ARC-size model ({args.puzzle_rows:,}-row puzzle table)")
     config, shape, state = arc_train_state(args.puzzle_rows)
@@ -279,7 +278,7 @@ def bench_staging(args, store: str, work: Path) -> None:
     import pyarrow.fs as pafs
 
     from trm_ray import storage
-    from trm_ray.data.loader import stage_dataset
+    from trm_ray.data.staging import stage_dataset
 
     say(f"2. building an ARC dataset (--num-aug {args.num_aug}) locally")
     started = time.perf_counter()

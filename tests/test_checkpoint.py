@@ -1,4 +1,4 @@
-"""Checkpoints in the reference format (TRM_SPEC 10): round trips, reference-written files,
+"""Checkpoints in the reference format (docs/formats.md): round trips, reference-written files,
 and every way a checkpoint can be unusable (each a CheckpointError naming the problem)."""
 
 from __future__ import annotations

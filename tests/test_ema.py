@@ -1,4 +1,4 @@
-"""EMA of the trainable parameters against a hand computation (TRM_SPEC 6)."""
+"""EMA of the trainable parameters against a hand computation (docs/paper.md#ema)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from trm_ray.config import ArchConfig, DataShape, TrainConfig, to_yaml
 from trm_ray.eval import evaluate_checkpoint
 from trm_ray.hub import HubPath, as_hub_uri, is_hub_path, parse_hub_path
 from trm_ray.model import build_model
-from trm_ray.train.loop import LocalSession, train
+from trm_ray.train.loop import train
+from trm_ray.train.session import LocalSession
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
@@ -289,7 +290,8 @@ def test_training_starts_from_a_hub_checkpoint_pinned_with_the_puzzle_table_rese
     script = ("import json, sys\n"
               "from trm_ray.config import TrainConfig\n"
               "from trm_ray.train.trainer import check_inputs\n"
-              "from trm_ray.train.loop import LocalSession, train\n"
+              "from trm_ray.train.loop import train\n"
+              "from trm_ray.train.session import LocalSession\n"
               "config = check_inputs(TrainConfig.model_validate_json(sys.argv[1]))\n"
               "print('LOAD ' + config.load_checkpoint)\n"
               "train(config, LocalSession(sys.argv[2]))\n")

@@ -46,11 +46,10 @@ ray = pytest.importorskip("ray")
 from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
 from trm_ray import storage  # noqa: E402
-from trm_ray.checkpoint import MODEL_FILE  # noqa: E402
+from trm_ray.checkpoint import MODEL_FILE, TRAIN_STATE_FILE  # noqa: E402
 from trm_ray.config import TrainConfig  # noqa: E402
 from trm_ray.data.layout import load_metadata  # noqa: E402
 from trm_ray.optim import cosine_schedule_lr, total_train_steps  # noqa: E402
-from trm_ray.train.loop import TRAIN_STATE_FILE  # noqa: E402
 from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit  # noqa: E402
 from trm_ray.run_folder import read_metrics  # noqa: E402
 

@@ -33,13 +33,13 @@ from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
 from s3_server import refused_endpoint  # noqa: E402
 from trm_ray import storage  # noqa: E402
-from trm_ray.checkpoint import MODEL_FILE, load_checkpoint, read_state_dict  # noqa: E402
+from trm_ray.checkpoint import MODEL_FILE, TRAIN_STATE_FILE, load_checkpoint, read_state_dict  # noqa: E402
 from trm_ray.cli.main import main  # noqa: E402
 from trm_ray.config import ConfigError, TrainConfig  # noqa: E402
 from trm_ray.data.layout import load_metadata  # noqa: E402
 from trm_ray.inference import predict  # noqa: E402
 from trm_ray.optim import cosine_schedule_lr, total_train_steps  # noqa: E402
-from trm_ray.train.loop import FAULT_ENV, TRAIN_STATE_FILE  # noqa: E402
+from trm_ray.train.loop import FAULT_ENV  # noqa: E402
 from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs  # noqa: E402
 from trm_ray.run_folder import read_metrics  # noqa: E402
 

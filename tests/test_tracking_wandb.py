@@ -334,7 +334,8 @@ def test_checkpoints_on_object_storage_are_logged_as_references(offline, tmp_pat
 
 def test_a_short_training_logs_its_best_checkpoint(offline, tmp_path):
     from datasets_util import write_tiny_dataset
-    from trm_ray.train.loop import LocalSession, train
+    from trm_ray.train.loop import train
+    from trm_ray.train.session import LocalSession
     from trm_ray.run_folder import EVAL_METRIC
 
     dataset = write_tiny_dataset(tmp_path / "data" / "tiny")

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from datasets_util import write_dataset
-from trm_ray.checkpoint import read_state_dict
+from trm_ray.checkpoint import TRAIN_STATE_FILE, read_state_dict
 from trm_ray.config import ConfigError, TrainConfig
-from trm_ray.train.loop import TRAIN_STATE_FILE, LocalSession, train
+from trm_ray.train.loop import train
+from trm_ray.train.session import LocalSession
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,12 @@ from click.testing import CliRunner  # noqa: E402
 
 from datasets_util import write_tiny_dataset  # noqa: E402
 from ray_util import wait_until_ray_is_gone  # noqa: E402
-from trm_ray.checkpoint import load_checkpoint  # noqa: E402
+from trm_ray.checkpoint import TRAIN_STATE_FILE, load_checkpoint  # noqa: E402
 from trm_ray.cli.main import main  # noqa: E402
 from trm_ray.config import DataShape, TrainConfig  # noqa: E402
 from trm_ray.data.layout import load_metadata  # noqa: E402
 from trm_ray.optim import cosine_schedule_lr, total_train_steps  # noqa: E402
-from trm_ray.train.loop import FAULT_ENV, TRAIN_STATE_FILE  # noqa: E402
+from trm_ray.train.loop import FAULT_ENV  # noqa: E402
 from trm_ray.train.step import create_train_state  # noqa: E402
 from trm_ray.train.trainer import REPORT_EVERY_STEPS_ENV, check_inputs, fit  # noqa: E402
 from trm_ray.run_folder import read_metrics  # noqa: E402
@@ -102,13 +102,13 @@ def test_quickstart_style_recipe_trains_and_held_out_accuracy_rises(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     data = tmp_path / "sudoku4"
-    recipe = load_recipe(repo / "datasets" / "sudoku-4x4-quickstart.yaml",
+    recipe = load_recipe(repo / "trm_ray" / "recipes" / "datasets" / "sudoku-4x4-quickstart.yaml",
                          {"generate": {"size": 4, "num_train": 300, "num_test": 100, "min_clues": 0}})
     build_dataset(recipe, str(data), use_ray=False)
 
     runs = tmp_path / "runs"
     result = CliRunner().invoke(main, [
-        "train", str(repo / "experiments" / "quickstart.yaml"), f"data_paths=[{data}]", f"ray.storage_path={runs}",
+        "train", str(repo / "trm_ray" / "recipes" / "experiments" / "quickstart.yaml"), f"data_paths=[{data}]", f"ray.storage_path={runs}",
         "run_name=qs", "ray.num_workers=2", "epochs=40", "eval_interval=10", "tracking.mode=offline",
         "arch.H_cycles=1", "arch.L_cycles=1",
     ])

@@ -1,8 +1,9 @@
 """The training step: data parallelism over gloo equals one process on the whole batch, and
-the step applies the schedule, both optimizers and the EMA as TRM_SPEC 5-6 say."""
+the step applies the schedule, both optimizers and the EMA as docs/paper.md says."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from gloo_util import run_data_parallel
 from trm_ray.config import DataShape, TrainConfig
-from trm_ray.train.step import create_train_state, train_step
+from trm_ray.train.step import TrainState, create_train_state, train_step
 
 SHAPE = DataShape(seq_len=12, vocab_size=7, num_puzzle_identifiers=9)
 GLOBAL_BATCH = 8
@@ -85,7 +86,7 @@ def test_schedule_sparse_sign_sgd_and_ema_as_specified():
         if step > total:
             assert metrics is None  # schedule exhausted: no update
             break
-        # the lr of TRM_SPEC 6, written out
+        # the warmup + cosine lr of docs/paper.md#optimizers-and-schedule, written out
         expected = 1e-2 * step / 2 if step < 2 else 1e-2 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 3)))
         lrs.append(metrics["train/lr"])
         assert metrics["train/lr"] == pytest.approx(expected)
@@ -113,3 +114,102 @@ def test_freeze_weights_trains_only_the_puzzle_table():
     after = final_state(state)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"model.inner.puzzle_emb.weights"}
+
+
+# --------------------------------------------------------------------------------------------
+# TrainState.state_dict / load_state_dict: a state saved after k steps and loaded into a fresh
+# one continues exactly as the original does (weights, EMA shadow, both optimizers, step and
+# so the lr schedule). halt_max_steps=1 makes every row halt at every step, so the ACT carry
+# (not part of the state) carries nothing from one step to the next.
+# --------------------------------------------------------------------------------------------
+def resumable_config(**overrides) -> TrainConfig:
+    base = dict(arch={"halt_max_steps": 1}, lr=1e-2, lr_warmup_steps=2, lr_min_ratio=0.1, ema=True, ema_rate=0.9)
+    return tiny_config(**{**base, **overrides})
+
+
+def run(state: TrainState, steps: list[dict[str, torch.Tensor]]) -> None:
+    for batch in steps:
+        assert train_step(state, batch) is not None
+
+
+def saved(state: TrainState) -> dict:
+    """The state as a checkpoint holds it: through torch.save and a weights-only load (a copy)."""
+    buffer = io.BytesIO()
+    torch.save(state.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def assert_same(a, b, where: str) -> None:
+    """Nested dicts/lists of tensors and numbers, equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_a_loaded_state_continues_exactly_as_the_original():
+    cfg, data = resumable_config(), make_batches(7)
+    k = 3
+    original = create_train_state(cfg, SHAPE, total_steps=12)
+    run(original, data[:k])
+    checkpoint = saved(original)
+    run(original, data[k:])  # A
+
+    resumed = create_train_state(cfg, SHAPE, total_steps=12)
+    resumed.load_state_dict(checkpoint)
+    assert resumed.step == k
+    run(resumed, data[k:])  # B
+
+    a, b = saved(original), saved(resumed)
+    assert a["step"] == b["step"] == len(data)
+    assert_same(a["model"], b["model"], "model")
+    assert_same(a["ema"]["shadow"], b["ema"]["shadow"], "ema")
+    assert len(a["optimizers"]) == 2  # sign-SGD of the puzzle table + AdamATan2
+    assert_same(a["optimizers"], b["optimizers"], "optimizers")
+
+    # Not vacuous: without the saved state (or with only its weights) the runs part ways.
+    fresh = create_train_state(cfg, SHAPE, total_steps=12)
+    run(fresh, data[k:])
+    weights_only = create_train_state(cfg, SHAPE, total_steps=12)
+    weights_only.module.load_state_dict(checkpoint["model"])
+    run(weights_only, data[k:])
+    for other in (saved(fresh), saved(weights_only)):
+        assert any(not torch.equal(a["model"][n], other["model"][n]) for n in a["model"])
+        assert any(not torch.equal(a["ema"]["shadow"][n], other["ema"]["shadow"][n]) for n in a["ema"]["shadow"])
+
+
+def test_state_dict_holds_the_live_weights_and_the_ema_shadow_apart():
+    state = create_train_state(resumable_config(), SHAPE, total_steps=12)
+    run(state, make_batches(3))
+    blob = state.state_dict()
+    live = state.module.state_dict()
+    assert set(blob) == {"step", "model", "ema", "optimizers"}
+    for name, tensor in live.items():
+        assert torch.equal(blob["model"][name], tensor) and blob["model"][name].data_ptr() != tensor.data_ptr(), name
+    # the averaged weights differ from the live ones, and the swap gives the live ones back
+    with state.averaged_weights() as module:
+        averaged = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    for name, shadow in blob["ema"]["shadow"].items():
+        assert torch.equal(averaged[name], shadow), name
+    assert any(not torch.equal(averaged[n], live[n]) for n in averaged)
+    assert all(torch.equal(state.module.state_dict()[n], live[n]) for n in live)
+
+
+def test_a_state_saved_without_ema_restarts_the_average_at_the_loaded_weights():
+    without = create_train_state(resumable_config(ema=False), SHAPE, total_steps=12)
+    run(without, make_batches(2))
+    checkpoint = saved(without)
+    assert checkpoint["ema"] is None
+    state = create_train_state(resumable_config(), SHAPE, total_steps=12)
+    state.load_state_dict(checkpoint)
+    for name, shadow in state.ema.shadow.items():
+        assert torch.equal(shadow, checkpoint["model"][name].to(torch.float32)), name

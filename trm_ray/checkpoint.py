@@ -1,4 +1,4 @@
-"""Checkpoints that move between the reference code and trm-ray both ways (TRM_SPEC 10).
+"""Checkpoints that move between the reference code and trm-ray both ways (docs/formats.md).
 
 A model checkpoint is the reference's own format: `torch.save(state_dict)` of the loss head
 wrapping the model, keys `_orig_mod.model.inner.*` (what a compiled reference run saves and
@@ -9,6 +9,14 @@ config inside that YAML, so either side can load the other's weights:
     model = load_checkpoint("runs/x/step_100")           # or a published reference file
     model = load_checkpoint("s3://bucket/runs/x/checkpoint_0000040")   # any storage URI
     model = load_checkpoint("hf://owner/repo@rev/path/step_100")       # the Hugging Face Hub (trm_ray.hub)
+
+A checkpoint folder of a training run (checkpoint_<step>/, Ray Train checkpoints are folders)
+holds
+    model.pt + all_config.yaml   the reference's format (EMA weights when ema=true): loads in the
+                                 reference code, in `load_checkpoint`, in `load_checkpoint=`
+    train_state.pt               what a resumed run needs to continue the same curve: live weights,
+                                 EMA shadow, both optimizers, step, loader position, config,
+                                 dataset fingerprint (write_checkpoint / restore_checkpoint)
 
 Checkpoints are data, never code: `torch.load(weights_only=True)` only.
 """
@@ -22,18 +30,24 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 import yaml
 
 from trm_ray import storage
+from trm_ray.errors import first_line
 from trm_ray.config import ARCH_NAMES, ArchConfig, ConfigError, DataShape, TrainConfig, build, read_yaml
+
+if TYPE_CHECKING:
+    from trm_ray.train.step import TrainState
 
 COMPILED_PREFIX = "_orig_mod."
 PUZZLE_TABLE_KEY = "model.inner.puzzle_emb.weights"
 CONFIG_FILE = "all_config.yaml"
 MODEL_FILE = "model.pt"  # inside a trm-ray checkpoint folder (Ray Train checkpoints are folders)
+TRAIN_STATE_FILE = "train_state.pt"  # beside it: what resuming a run reads
+TRAIN_STATE_VERSION = 1
 REFERENCE_LOSS_NAME = "losses@ACTLossHead"
 
 
@@ -146,16 +160,15 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             # an unsupported pickle, which would send the user after the wrong problem.
             raise CheckpointError(f"checkpoint {str(path)!r} is not a readable torch checkpoint (truncated or "
                                   f"corrupt?): not a torch.save archive") from None
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds pickled Python objects, not plain tensors, and trm-ray "
             f"never runs code from a checkpoint (weights_only=True); re-save it as "
-            f"torch.save(model.state_dict()) ({first})"
+            f"torch.save(model.state_dict()) ({first_line(error)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a readable torch checkpoint (truncated or corrupt?): "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+            f"{first_line(error)}"
         ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a state dict of tensors; save model.state_dict()")
@@ -384,3 +397,50 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, config: Tra
                           sort_keys=False)
     atomic_write(path.parent / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# a training run's checkpoint folder: model.pt + all_config.yaml + train_state.pt
+# --------------------------------------------------------------------------------------------
+def write_checkpoint(folder: Path, state: TrainState, config: TrainConfig, shape: DataShape, loader: Any,
+                     fingerprint: str) -> None:
+    """model.pt + all_config.yaml (reference format; EMA weights with ema=true) and train_state.pt:
+    the train state (TrainState.state_dict), the loader's position (any object with state_dict()),
+    the config and the dataset fingerprint; plain tensors/dicts (weights_only=True loads it)."""
+    train_state = state.state_dict()  # the live weights, before model.pt swaps the EMA's in
+    with state.averaged_weights() as module:
+        save_checkpoint(module, Path(folder) / MODEL_FILE, config, shape)
+    blob = {
+        "version": TRAIN_STATE_VERSION,
+        **train_state,
+        "loader": loader.state_dict(),
+        "config": config.model_dump(mode="json"),
+        "dataset_fingerprint": fingerprint,
+    }
+    torch.save(blob, Path(folder) / TRAIN_STATE_FILE)
+
+
+def restore_checkpoint(folder: Path, state: TrainState, loader: Any, fingerprint: str) -> None:
+    """Continue from train_state.pt: weights, EMA, optimizers, step (so the lr schedule), loader
+    position; a checkpoint of other data (another fingerprint) is refused."""
+    path = Path(folder) / TRAIN_STATE_FILE
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {str(folder)!r} has no {TRAIN_STATE_FILE}: it cannot resume a run "
+                          f"(use load_checkpoint= to start from its weights)") from None
+    if blob.get("version") != TRAIN_STATE_VERSION:
+        raise ConfigError(f"{path}: train state version {blob.get('version')!r} is not {TRAIN_STATE_VERSION}")
+    if blob["dataset_fingerprint"] != fingerprint:
+        raise ConfigError(f"{path} was trained on other data (fingerprint {blob['dataset_fingerprint']} vs "
+                          f"{fingerprint} now): resume with the datasets the run started with")
+    state.load_state_dict(blob)
+    loader.load_state_dict(blob["loader"])
+
+
+def start_from_weights(state: TrainState, path: str | os.PathLike) -> None:
+    """load_checkpoint=: start from a reference or trm-ray checkpoint's weights (the puzzle
+    table is reset to the saved rows' mean when its size differs, as in the reference); the
+    EMA starts at them."""
+    load_weights_into(state.module, read_state_dict(path), source=f"load_checkpoint={path!r}")
+    state.restart_ema()

@@ -1,4 +1,4 @@
-"""Exponential moving average of the trainable parameters (TRM_SPEC 6, `ema`, `ema_rate`).
+"""Exponential moving average of the trainable parameters (docs/paper.md#ema; `ema`, `ema_rate`).
 
     ema = EMA(model, rate=cfg.ema_rate)
     ...; optimizer.step(); ema.update(model)
@@ -39,9 +39,13 @@ class EMA:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate (ema_rate) must be in [0, 1], got {rate}")
         self.rate = float(rate)
-        self.shadow: dict[str, torch.Tensor] = {
-            name: p.detach().to(torch.float32, copy=True) for name, p in self._trainable(model)
-        }
+        self.shadow: dict[str, torch.Tensor] = {}
+        self.reset(model)
+
+    @torch.no_grad()
+    def reset(self, model: torch.nn.Module) -> None:
+        """The average starts again at the model's current parameters (e.g. weights just loaded)."""
+        self.shadow = {name: p.detach().to(torch.float32, copy=True) for name, p in self._trainable(model)}
 
     @staticmethod
     def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -94,6 +98,8 @@ class EMA:
                     p.copy_(s)
 
     def state_dict(self) -> dict[str, Any]:
+        """The rate and the shadow tensors themselves (as torch's own state_dicts: save or copy
+        them before the next update)."""
         return {"rate": self.rate, "shadow": dict(self.shadow)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The on-disk dataset layout shared with the reference TRM code (TRM_SPEC 7).
+"""The on-disk dataset layout shared with the reference TRM code (docs/formats.md#dataset-folder).
 
 ```
 <dataset>/identifiers.json                      list: identifier -> name, index 0 is "<blank>"
@@ -29,6 +29,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trm_ray import storage
+
 PathLike = Union[str, os.PathLike]
 
 SPLITS = ("train", "test")
@@ -43,7 +45,7 @@ BUILD_FILE = "build.json"
 # that did not finish. Reference-built datasets have neither file and load as they are.
 PENDING_FILE = ".trm-ray-building"
 BLANK_IDENTIFIER = "<blank>"
-# What labels equal to `ignore_label_id` become at load time; the loss skips them (TRM_SPEC 5).
+# What labels equal to `ignore_label_id` become at load time; the loss skips them.
 IGNORE_LABEL_ID = -100
 
 _BUILD_HINT = "build it with `trm-ray data build ...` (see `trm-ray data build --help`)"
@@ -153,6 +155,12 @@ def check_complete(dataset_dir: PathLike) -> None:
         raise error
 
 
+def has_test_split(dataset_dirs: Sequence[PathLike]) -> bool:
+    """Every dataset has test/dataset.json (local folders and URIs alike: one small request each)."""
+    return all(storage.is_file(storage.join(str(d), "test", METADATA_FILE)) if storage.is_uri(d)
+               else metadata_path(d, "test").is_file() for d in dataset_dirs)
+
+
 def load_metadata(dataset_dir: PathLike, split: str) -> DatasetMetadata:
     """Read and validate `<dataset_dir>/<split>/dataset.json`.
 
@@ -208,7 +216,7 @@ def merge_metadata(metadatas: Sequence[DatasetMetadata], names: Optional[Sequenc
     - total_groups and total_puzzles are summed: every group of every path is visited.
     - mean_puzzle_examples is the mean over all puzzles (weighted by total_puzzles), the same
       definition each dataset.json uses, so `total_groups * mean_puzzle_examples` (the step
-      count of the lr schedule, TRM_SPEC 6) matches the reference's.
+      count of the lr schedule, optim.total_train_steps) matches the reference's.
     - num_puzzle_identifiers is SUMMED, as the reference does, although identifiers are not
       offset per path (path i's identifier k and path j's identifier k share one embedding
       row; rows beyond the largest path's count stay unused). Summing keeps the puzzle table

@@ -1,10 +1,11 @@
 """The per-worker training loop: plain torch.distributed, the same in one process and under Ray.
 
-    from trm_ray.train.loop import train, LocalSession
+    from trm_ray.train.loop import train
+    from trm_ray.train.session import LocalSession
     final = train(config, LocalSession("runs/my-run"))     # one process, no Ray
     # under Ray Train, trm_ray.train.trainer runs the same function with a RaySession
 
-What it does, as the reference's pretrain.py (TRM_SPEC 6, 8, 9):
+What it does, as the reference's pretrain.py:
     loader = the train split, epochs_per_iter = eval_interval (one iteration = one eval interval)
     state  = create_train_state(...)   (+ load_checkpoint weights, or resume from a checkpoint)
     for iteration in range(epochs // eval_interval):
@@ -12,114 +13,256 @@ What it does, as the reference's pretrain.py (TRM_SPEC 6, 8, 9):
         evaluate (EMA weights when ema=true), unless iteration < min_eval_interval
         checkpoint + report                                      every rank reports (a barrier)
 
-A runner (`Session`) supplies three things: where to resume from, how to report metrics and a
-checkpoint folder, and where the run's files go. Everything else here is plain PyTorch.
-
-A checkpoint folder holds
-    model.pt + all_config.yaml   the reference's format (EMA weights when ema=true): loads in the
-                                 reference code, in `trm_ray.load_checkpoint`, in `load_checkpoint=`
-    train_state.pt               what a resumed run needs to continue the same curve: live weights,
-                                 EMA shadow, both optimizers, step, loader position, config,
-                                 dataset fingerprint; plain tensors/dicts (weights_only=True loads it)
+A runner (trm_ray.train.session.Session) supplies where to resume from, how to report metrics
+and a checkpoint folder, and where the run's files go; trm_ray.checkpoint writes and reads the
+checkpoint folders. Everything else here is plain PyTorch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Optional, Protocol
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-from trm_ray import storage
-from trm_ray.checkpoint import MODEL_FILE, load_weights_into, read_state_dict, save_checkpoint
+from trm_ray.checkpoint import restore_checkpoint, start_from_weights, write_checkpoint
 from trm_ray.config import ConfigError, DataShape, TrainConfig
-from trm_ray.data.layout import METADATA_FILE, dataset_fingerprint, metadata_path
-from trm_ray.data.loader import PuzzleLoader, is_uri
-from trm_ray.ema import EMA
+from trm_ray.data.layout import dataset_fingerprint, has_test_split
+from trm_ray.data.loader import PuzzleLoader
+from trm_ray.errors import first_line
 from trm_ray.optim import total_train_steps
-from trm_ray.run_folder import (
-    EPOCH_KEY,
-    EVAL_METRIC,
-    METRICS_FILE,
-    NO_EVAL_SCORE,
-    NUM_PARAMETERS_KEY,
-    SAMPLES_PER_S_KEY,
-    STEP_KEY,
-    append_metrics,
-    checkpoint_dir_name,
-)
+from trm_ray.run_folder import EPOCH_KEY, EVAL_METRIC, NO_EVAL_SCORE, NUM_PARAMETERS_KEY, SAMPLES_PER_S_KEY, STEP_KEY
 from trm_ray.tracking import NullTracker, Tracker, create_tracker
 from trm_ray.train.progress import Averager, Progress
+from trm_ray.train.session import LocalSession, Session, kept_checkpoint
 from trm_ray.train.step import TrainState, create_train_state, distributed_world, train_step
 
-TRAIN_STATE_FILE = "train_state.pt"
-TRAIN_STATE_VERSION = 1
 # Test hook (fault tolerance): "STEP:RANK:MARKER_FILE" makes RANK os._exit at STEP, once
 # (the marker file records that it happened, so the restarted worker carries on).
 FAULT_ENV = "TRM_RAY_FAULT_AT_STEP"
+# Steps timed at the start of an eval interval before the ranks agree on the report cadence.
+CADENCE_WARMUP_STEPS = 5
 
 
 # --------------------------------------------------------------------------------------------
-# Sessions: what the runner provides
+# The loop
 # --------------------------------------------------------------------------------------------
-class Session(Protocol):
-    run_dir: Optional[str]  # the run folder (metrics file, W&B files); None: nowhere
+def train(config: TrainConfig, session: Optional[Session] = None, *, report_every_s: float = 60.0,
+          report_every_steps: Optional[int] = None, device: Optional[torch.device] = None) -> dict[str, float]:
+    """Train `config` on this worker (every rank calls it); returns the last reported metrics.
 
-    def resume_checkpoint(self) -> ContextManager[Optional[Path]]:
-        """A local folder of the checkpoint to resume from (None: start fresh)."""
+    Train metrics are reported (a barrier under Ray) every `report_every_steps` steps, or, when
+    None, about every `report_every_s` seconds (measured over the first steps, agreed by all
+    ranks); eval metrics and checkpoints at every eval interval.
+    """
+    session = session or LocalSession()
+    rank, world = distributed_world()
+    device = device or default_device(config.ray.use_gpu)
+    data = TrainData.from_config(config, rank, world)
+    eval_interval = config.eval_interval or config.epochs
+    num_iterations = config.epochs // eval_interval
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Optional[Path]) -> None:
-        """Called by every rank with the same metrics; rank 0 alone passes a checkpoint folder,
-        which it may delete once this returns."""
+    state = create_train_state(config, data.shape, data.total_steps, device)
+    with session.resume_checkpoint() as resume_dir:
+        if resume_dir is not None:
+            restore_checkpoint(Path(resume_dir), state, data.train, data.fingerprint)
+        elif config.load_checkpoint:
+            start_from_weights(state, config.load_checkpoint)
+
+    tracker: Tracker = NullTracker()
+    if rank == 0:
+        tracker = create_tracker(config, run_dir=session.run_dir, num_parameters=state.num_parameters)
+    progress = Progress(data.total_steps, state.step, enabled=rank == 0, samples_per_step=config.global_batch_size)
+    if state.step:
+        progress.message(f"trm-ray: resumed at step {state.step} (iteration {data.train.iteration})")
+    reports = Reports(session, tracker, progress, ReportCadence(report_every_steps, report_every_s),
+                      config.global_batch_size)
+    try:
+        for iteration in range(data.train.iteration, num_iterations):
+            done = run_interval(state, data.train, reports, rank)
+            report = reports.interval_metrics(state.step, epoch=(iteration + 1) * eval_interval)
+            report[NUM_PARAMETERS_KEY] = state.num_parameters
+            if data.test is not None and iteration >= config.min_eval_interval:
+                report.update(evaluate_averaged(state, data, device))
+                reports.evaluated(state.step, report)
+            elif data.test is not None:
+                report[EVAL_METRIC] = NO_EVAL_SCORE
+            every_eval = (config.checkpoint_every_eval if config.checkpoint_every_eval is not None
+                          else config.checkpoint.every_eval)
+            if every_eval or iteration == num_iterations - 1 or done:
+                checkpoint_and_report(report, state, config, data, reports, rank)
+            else:
+                reports.send(report)
+            reports.interval_done()  # throughput leaves out eval and checkpoint time
+            if done:
+                break
+        tracker.training_finished()
+    finally:
+        progress.close()
+        tracker.finish()
+    return reports.last
 
 
-class LocalSession:
-    """A single process without Ray: checkpoints go to <run_dir>/checkpoint_<step>, metrics to
-    <run_dir>/metrics.jsonl; resumes from the newest checkpoint there."""
-
-    def __init__(self, run_dir: Optional[str | os.PathLike] = None, keep_checkpoints: bool = True):
-        self.run_dir = str(run_dir) if run_dir is not None else None
-        self.keep_checkpoints = keep_checkpoints and run_dir is not None
-        self.history: list[dict[str, float]] = []
-
-    @contextlib.contextmanager
-    def resume_checkpoint(self) -> Iterator[Optional[Path]]:
-        folders = sorted(Path(self.run_dir).glob("checkpoint_*")) if self.run_dir else []
-        folders = [f for f in folders if (f / TRAIN_STATE_FILE).is_file()]
-        yield folders[-1] if folders else None
-
-    def report(self, metrics: dict[str, float], checkpoint_dir: Optional[Path]) -> None:
-        self.history.append(dict(metrics))
-        if self.run_dir is None:
-            return
-        run_dir = Path(self.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = dict(metrics)
-        if checkpoint_dir is not None and self.keep_checkpoints:
-            target = run_dir / checkpoint_dir_name(int(metrics[STEP_KEY]))
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, target)
-            record["checkpoint"] = target.name
-        append_metrics(run_dir / METRICS_FILE, record)
+def run_interval(state: TrainState, loader: PuzzleLoader, reports: Reports, rank: int) -> bool:
+    """Train one eval interval (one pass of the loader); True once the schedule's total steps are done."""
+    state.model.train()
+    reports.cadence.start_interval()
+    for item in loader:
+        metrics = train_step(state, item.batch)
+        if metrics is None:  # the schedule's total steps are done
+            return True
+        maybe_fault(state.step, rank)
+        reports.step(state.step, metrics)
+    return False
 
 
-def kept_checkpoint(session: Session, step: int) -> Optional[str]:
-    """Where the session keeps the checkpoint reported at `step`: <run_dir>/checkpoint_<step>
-    (a path or a URI), for the tracker's artifacts; None when it keeps none."""
-    if session.run_dir is None or not getattr(session, "keep_checkpoints", True):
-        return None
-    return storage.join(session.run_dir, checkpoint_dir_name(step))
+def evaluate_averaged(state: TrainState, data: TrainData, device: torch.device) -> dict[str, float]:
+    """The test split's metrics of the EMA weights (the live ones with ema=false)."""
+    from trm_ray.eval import evaluate
+
+    with state.averaged_weights() as module:
+        metrics = evaluate(module, data.test, data.evaluators, device=device)
+    state.model.train()
+    return metrics
+
+
+def checkpoint_and_report(report: dict[str, float], state: TrainState, config: TrainConfig, data: TrainData,
+                          reports: Reports, rank: int) -> None:
+    """Rank 0 writes the checkpoint folder; every rank reports (the report is the barrier)."""
+    with tempfile.TemporaryDirectory(prefix="trm-ray-ckpt-") if rank == 0 else contextlib.nullcontext() as tmp:
+        folder = Path(tmp) if tmp is not None else None
+        if folder is not None:
+            write_checkpoint(folder, state, config, data.shape, data.train, data.fingerprint)
+            # before report(): the session may move the folder away
+            reports.tracker.checkpoint_saved(state.step, folder, kept_checkpoint(reports.session, state.step),
+                                             report.get(EVAL_METRIC))
+        reports.send(report, folder)
 
 
 # --------------------------------------------------------------------------------------------
-# Pieces of the loop
+# The pieces
 # --------------------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    """What the loop trains and evaluates on: the reference's loader over the train split
+    (epochs_per_iter = eval_interval), the test split's (None without one) and its evaluators,
+    the data shape the model is built for, the fingerprint a resumed run must match and the
+    schedule's total steps."""
+
+    train: PuzzleLoader
+    test: Optional[PuzzleLoader]
+    evaluators: list[Any]
+    shape: DataShape
+    fingerprint: str
+    total_steps: int
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, rank: int, world: int) -> TrainData:
+        train = PuzzleLoader.from_config(config, "train", rank=rank, world_size=world)
+        test = (PuzzleLoader.from_config(config, "test", rank=rank, world_size=world)
+                if has_test_split(config.eval_paths) else None)
+        evaluators = build_evaluators(config) if test is not None else []
+        meta = train.metadata
+        shape = DataShape(seq_len=meta.seq_len, vocab_size=meta.vocab_size,
+                          num_puzzle_identifiers=meta.num_puzzle_identifiers)
+        # Of every split: a resumed run must see the same train AND test data.
+        fingerprint = dataset_fingerprint(train.dataset_dirs)
+        total_steps = total_train_steps(config.epochs, meta.total_groups, meta.mean_puzzle_examples,
+                                        config.global_batch_size)
+        return cls(train, test, evaluators, shape, fingerprint, total_steps)
+
+
+class Throughput:
+    """Samples/s over the steps since the window began: a train report's own wait counts, the
+    eval and checkpoint at the end of an interval do not (the window restarts after them)."""
+
+    def __init__(self, global_batch_size: int):
+        self.global_batch_size = global_batch_size
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def add_step(self) -> None:
+        self.steps += 1
+
+    def pop(self) -> dict[str, float]:
+        """The rate so far; a new window starts."""
+        now = time.perf_counter()
+        rate = self.steps * self.global_batch_size / max(now - self.start, 1e-9)
+        self.start, self.steps = now, 0
+        return {SAMPLES_PER_S_KEY: rate}
+
+
+class ReportCadence:
+    """When train metrics are reported: every `steps` steps, or (None) about every `seconds`,
+    from the step time of the first CADENCE_WARMUP_STEPS steps of an eval interval, the same on
+    every rank (one small all-reduce)."""
+
+    def __init__(self, steps: Optional[int], seconds: float):
+        self.every, self.seconds = steps, seconds
+        self.start_interval()
+
+    def start_interval(self) -> None:
+        self.counted, self.started = 0, time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        """Called after every step: is a report due at `step`?"""
+        self.counted += 1
+        if self.every is None and self.counted == CADENCE_WARMUP_STEPS:  # after warm-up: measure, then agree
+            step_seconds = (time.perf_counter() - self.started) / CADENCE_WARMUP_STEPS
+            self.every = agree_on_report_every(step_seconds, self.seconds)
+        return self.every is not None and step % self.every == 0
+
+
+class Reports:
+    """Where metrics go: every step to the tracker and the progress display (rank 0, the others
+    have null ones), train-metric means to the session when the cadence says, and each eval
+    interval's report."""
+
+    def __init__(self, session: Session, tracker: Tracker, progress: Progress, cadence: ReportCadence,
+                 global_batch_size: int):
+        self.session, self.tracker, self.progress, self.cadence = session, tracker, progress, cadence
+        self.averager = Averager()
+        self.throughput = Throughput(global_batch_size)
+        self.last_train: dict[str, float] = {}  # the means of the latest train report
+        self.last: dict[str, float] = {}  # the latest report
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        self.averager.add(metrics)
+        self.tracker.log(metrics, step=step)
+        self.progress.step(step, metrics)
+        self.throughput.add_step()
+        if self.cadence.due(step):
+            self.last_train = self.averager.pop()
+            self.send({**self.last_train, **self.throughput.pop(), STEP_KEY: step})
+
+    def interval_metrics(self, step: int, epoch: int) -> dict[str, float]:
+        """The end of an eval interval: train metrics since the last report (or that report's
+        again, when it was at this step) and samples/s."""
+        self.last_train = self.averager.pop() or self.last_train
+        return {**self.last_train, **self.throughput.pop(), STEP_KEY: step, EPOCH_KEY: epoch}
+
+    def evaluated(self, step: int, report: dict[str, float]) -> None:
+        self.progress.message(f"trm-ray: epoch {report[EPOCH_KEY]} step {step}: eval exact accuracy "
+                              f"{report[EVAL_METRIC]:.4f} [{report.get('eval/exact_accuracy_low', 0):.3f}, "
+                              f"{report.get('eval/exact_accuracy_high', 1):.3f}]")
+        self.tracker.log({k: v for k, v in report.items() if not k.startswith("train/")}, step=step)
+
+    def send(self, report: dict[str, float], checkpoint_dir: Optional[Path] = None) -> None:
+        self.session.report(report, checkpoint_dir)
+        self.last = report
+
+    def interval_done(self) -> None:
+        self.throughput.restart()
+
+
 def default_device(use_gpu: bool) -> torch.device:
     if use_gpu and torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -127,15 +270,9 @@ def default_device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def has_test_split(paths: list[str]) -> bool:
-    """Every dataset has test/dataset.json (local folders and URIs alike: one small request each)."""
-    return all(storage.is_file(storage.join(p, "test", METADATA_FILE)) if is_uri(p)
-               else metadata_path(p, "test").is_file() for p in paths)
-
-
 def build_evaluators(config: TrainConfig) -> list[Any]:
-    """config.evaluators ([{name: arc, ...}]) -> evaluator objects for evaluate(), as the eval
-    issue defines them; a bad entry is a config error."""
+    """config.evaluators ([{name: arc, ...}]) -> evaluator objects for evaluate(); a bad entry
+    is a config error."""
     from trm_ray.eval import build_evaluators as from_specs
 
     try:
@@ -143,61 +280,7 @@ def build_evaluators(config: TrainConfig) -> list[Any]:
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:  # unknown name, or an option ARCEvaluator lacks
-        raise ConfigError(str(error).splitlines()[0]) from None
-
-
-def initial_weights(state: TrainState, config: TrainConfig) -> None:
-    """load_checkpoint=: start from a reference or trm-ray checkpoint's weights (the puzzle
-    table is reset to the saved rows' mean when its size differs, as in the reference)."""
-    weights = read_state_dict(config.load_checkpoint)
-    load_weights_into(state.module, weights, source=f"load_checkpoint={config.load_checkpoint!r}")
-    if state.ema is not None:
-        state.ema = EMA(state.module, config.ema_rate)  # the average starts at the loaded weights
-
-
-def write_checkpoint(folder: Path, state: TrainState, config: TrainConfig, shape: DataShape,
-                     loader: PuzzleLoader, fingerprint: str) -> None:
-    """model.pt + all_config.yaml (reference format; EMA weights with ema=true) and train_state.pt."""
-    live = {k: v.detach().cpu().clone() for k, v in state.module.state_dict().items()}
-    with state.ema.swapped(state.module) if state.ema is not None else contextlib.nullcontext():
-        save_checkpoint(state.module, folder / MODEL_FILE, config, shape)
-    blob = {
-        "version": TRAIN_STATE_VERSION,
-        "step": state.step,
-        "model": live,
-        "ema": state.ema.state_dict() if state.ema is not None else None,
-        "optimizers": [optimizer.state_dict() for optimizer in state.optimizers],
-        "loader": loader.state_dict(),
-        "config": config.model_dump(mode="json"),
-        "dataset_fingerprint": fingerprint,
-    }
-    torch.save(blob, folder / TRAIN_STATE_FILE)
-
-
-def restore_checkpoint(folder: Path, state: TrainState, config: TrainConfig, loader: PuzzleLoader,
-                       fingerprint: str) -> None:
-    """Continue from train_state.pt: weights, EMA, optimizers, step (so the lr schedule), loader."""
-    path = folder / TRAIN_STATE_FILE
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {str(folder)!r} has no {TRAIN_STATE_FILE}: it cannot resume a run "
-                          f"(use load_checkpoint= to start from its weights)") from None
-    if blob.get("version") != TRAIN_STATE_VERSION:
-        raise ConfigError(f"{path}: train state version {blob.get('version')!r} is not {TRAIN_STATE_VERSION}")
-    if blob["dataset_fingerprint"] != fingerprint:
-        raise ConfigError(f"{path} was trained on other data (fingerprint {blob['dataset_fingerprint']} vs "
-                          f"{fingerprint} now): resume with the datasets the run started with")
-    state.module.load_state_dict(blob["model"])
-    for optimizer, saved in zip(state.optimizers, blob["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    if state.ema is not None:
-        if blob["ema"] is not None:
-            state.ema.load_state_dict(blob["ema"])
-        else:
-            state.ema = EMA(state.module, config.ema_rate)
-    state.step = int(blob["step"])
-    loader.load_state_dict(blob["loader"])
+        raise ConfigError(first_line(error)) from None
 
 
 def maybe_fault(step: int, rank: int) -> None:
@@ -219,135 +302,3 @@ def agree_on_report_every(step_seconds: float, report_every_s: float) -> int:
         seconds = seconds.to(backend_device)
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     return max(1, int(report_every_s / max(float(seconds.item()), 1e-6)))
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
-def train(config: TrainConfig, session: Optional[Session] = None, *, report_every_s: float = 60.0,
-          report_every_steps: Optional[int] = None, device: Optional[torch.device] = None) -> dict[str, float]:
-    """Train `config` on this worker (every rank calls it); returns the last reported metrics.
-
-    Train metrics are reported (a barrier under Ray) every `report_every_steps` steps, or, when
-    None, about every `report_every_s` seconds (measured over the first steps, agreed by all
-    ranks); eval metrics and checkpoints at every eval interval.
-    """
-    session = session or LocalSession()
-    rank, world = distributed_world()
-    device = device or default_device(config.ray.use_gpu)
-
-    # ---- data: the reference's loader, epochs_per_iter = eval_interval ---------------------
-    train_loader = PuzzleLoader.from_config(config, "train", rank=rank, world_size=world)
-    test_paths = config.eval_paths
-    test_loader = (PuzzleLoader.from_config(config, "test", rank=rank, world_size=world)
-                   if has_test_split(test_paths) else None)
-    evaluators = build_evaluators(config) if test_loader is not None else []
-    meta = train_loader.metadata
-    shape = DataShape(seq_len=meta.seq_len, vocab_size=meta.vocab_size,
-                      num_puzzle_identifiers=meta.num_puzzle_identifiers)
-    # Of every split: a resumed run must see the same train AND test data.
-    fingerprint = dataset_fingerprint(train_loader.dataset_dirs)
-    total_steps = total_train_steps(config.epochs, meta.total_groups, meta.mean_puzzle_examples,
-                                    config.global_batch_size)
-    eval_interval = config.eval_interval or config.epochs
-    num_iterations = config.epochs // eval_interval
-
-    # ---- model and optimizers; resume or initial weights ----------------------------------
-    state = create_train_state(config, shape, total_steps, device)
-    with session.resume_checkpoint() as resume_dir:
-        if resume_dir is not None:
-            restore_checkpoint(Path(resume_dir), state, config, train_loader, fingerprint)
-        elif config.load_checkpoint:
-            initial_weights(state, config)
-    resumed_step = state.step
-
-    num_parameters = sum(p.numel() for p in state.module.parameters())
-    tracker: Tracker = NullTracker()
-    if rank == 0:
-        tracker = create_tracker(config, run_dir=session.run_dir, num_parameters=num_parameters)
-    progress = Progress(total_steps, state.step, enabled=rank == 0)
-    if resumed_step:
-        progress.message(f"trm-ray: resumed at step {resumed_step} (iteration {train_loader.iteration})")
-
-    averager = Averager()
-    last_train: dict[str, float] = {}
-    every = report_every_steps
-    last: dict[str, float] = {}
-    done = False
-    # Throughput over the steps since the previous report, that report's own wait included.
-    window_start, window_steps = time.perf_counter(), 0
-
-    def throughput() -> dict[str, float]:
-        nonlocal window_start, window_steps
-        now = time.perf_counter()
-        rate = window_steps * config.global_batch_size / max(now - window_start, 1e-9)
-        window_start, window_steps = now, 0
-        return {SAMPLES_PER_S_KEY: rate}
-
-    try:
-        for iteration in range(train_loader.iteration, num_iterations):
-            # ---- train one eval interval ------------------------------------------------------
-            state.model.train()
-            steps_this_call, started = 0, time.perf_counter()
-            for item in train_loader:
-                metrics = train_step(state, item.batch)
-                if metrics is None:  # the schedule's total steps are done
-                    done = True
-                    break
-                maybe_fault(state.step, rank)
-                averager.add(metrics)
-                tracker.log(metrics, step=state.step)
-                progress.step(state.step, metrics)
-                steps_this_call += 1
-                window_steps += 1
-                if every is None and steps_this_call == 5:  # after warm-up: measure, then agree
-                    every = agree_on_report_every((time.perf_counter() - started) / 5, report_every_s)
-                if every is not None and state.step % every == 0:
-                    last_train = averager.pop()
-                    last = {**last_train, **throughput(), STEP_KEY: state.step}
-                    session.report(last, None)
-
-            # ---- evaluate and checkpoint ------------------------------------------------------
-            epoch = (iteration + 1) * eval_interval
-            # train metrics since the last report (or that report's again, when it was at this step)
-            last_train = averager.pop() or last_train
-            report = {**last_train, **throughput(), STEP_KEY: state.step, EPOCH_KEY: epoch,
-                      NUM_PARAMETERS_KEY: num_parameters}
-            evaluated = test_loader is not None and iteration >= config.min_eval_interval
-            if evaluated:
-                from trm_ray.eval import evaluate
-
-                with state.ema.swapped(state.module) if state.ema is not None else contextlib.nullcontext():
-                    report.update(evaluate(state.module, test_loader, evaluators, device=device))
-                state.model.train()
-                progress.message(f"trm-ray: epoch {epoch} step {state.step}: eval exact accuracy "
-                                 f"{report[EVAL_METRIC]:.4f} [{report.get('eval/exact_accuracy_low', 0):.3f}, "
-                                 f"{report.get('eval/exact_accuracy_high', 1):.3f}]")
-                tracker.log({k: v for k, v in report.items() if not k.startswith("train/")}, step=state.step)
-            elif test_loader is not None:
-                report[EVAL_METRIC] = NO_EVAL_SCORE
-            last_iteration = iteration == num_iterations - 1 or done
-            checkpoint_now = (config.checkpoint_every_eval if config.checkpoint_every_eval is not None
-                              else config.checkpoint.every_eval) or last_iteration
-            if checkpoint_now:
-                # rank 0 writes the folder; every rank reports (the report is the barrier)
-                with tempfile.TemporaryDirectory(prefix="trm-ray-ckpt-") if rank == 0 \
-                        else contextlib.nullcontext() as tmp:
-                    if tmp is not None:
-                        write_checkpoint(Path(tmp), state, config, shape, train_loader, fingerprint)
-                        # before report(): the session may move the folder away
-                        tracker.checkpoint_saved(state.step, Path(tmp), kept_checkpoint(session, state.step),
-                                                 report.get(EVAL_METRIC))
-                    session.report(report, Path(tmp) if tmp is not None else None)
-            else:
-                session.report(report, None)
-            last = report
-            window_start, window_steps = time.perf_counter(), 0  # throughput excludes eval + checkpoint
-            if done:
-                break
-        tracker.training_finished()
-    finally:
-        progress.close()
-        tracker.finish()
-    return last
-

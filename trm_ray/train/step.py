@@ -1,4 +1,4 @@
-"""One training step of TRM (TRM_SPEC 4-6), plain torch.distributed: the Ray Train worker
+"""One training step of TRM (docs/paper.md#deep-supervision), plain torch.distributed: the Ray Train worker
 loop calls it, and so does a single process.
 
     state = create_train_state(config, shape, total_steps, device)
@@ -11,8 +11,9 @@ picks up a new example from this batch.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,45 @@ class TrainState:
     def module(self) -> TRMWithLoss:
         """The uncompiled model (what checkpoints and evaluators use)."""
         return getattr(self.model, "_orig_mod", self.model)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[TRMWithLoss]:
+        """Inside the block the module holds the EMA weights (its own when there is no EMA):
+        what is evaluated and what model.pt holds."""
+        with self.ema.swapped(self.module) if self.ema is not None else contextlib.nullcontext():
+            yield self.module
+
+    def restart_ema(self) -> None:
+        """The average starts again at the live weights (after they were loaded from elsewhere)."""
+        if self.ema is not None:
+            self.ema.reset(self.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the same curve: step (so the lr schedule), live
+        weights (a CPU copy), EMA shadow (None without EMA) and both optimizers. The EMA and
+        optimizer entries are their live tensors, as torch's own state_dicts are: save or copy
+        them before the next step. The ACT carry is not in it: a resumed run starts new rows."""
+        return {
+            "step": self.step,
+            "model": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.module.load_state_dict(state_dict["model"])
+        for optimizer, saved in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        if self.ema is not None:
+            if state_dict["ema"] is not None:
+                self.ema.load_state_dict(state_dict["ema"])
+            else:  # saved by a run without EMA: the average starts at the loaded weights
+                self.restart_ema()
+        self.step = int(state_dict["step"])
 
 
 def distributed_world() -> tuple[int, int]:

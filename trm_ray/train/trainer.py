@@ -6,13 +6,9 @@
     result.final, result.best, result.run_dir
 
 Ray only prepares (process group, threads, device), reports and checkpoints; the loop is the
-same function that runs in one process. The run folder <ray.storage_path>/<run_name>/ holds:
-    config.yaml                   the resolved recipe (what `--resume` reads back)
-    metrics.jsonl                 every report, one JSON object a line (written by the controller)
-    checkpoint_<step>/            model.pt + all_config.yaml (reference format), train_state.pt
-    wandb/                        W&B files (offline runs when there are no credentials)
-    checkpoint_manager_snapshot.json, ...   Ray's own bookkeeping (what resuming reads)
-Kept checkpoints: the `checkpoint.num_to_keep` best by eval/exact_accuracy, and the latest
+same function that runs in one process. The run folder <ray.storage_path>/<run_name>/ is
+described in trm_ray/run_folder.py (here the controller writes its metrics.jsonl, and W&B its
+wandb/ files). Kept checkpoints: the `checkpoint.num_to_keep` best by eval/exact_accuracy, and the latest
 always (Ray never deletes the latest one), so best and last both survive.
 
 ray.storage_path may be an object-store URI (s3://bucket/runs): the run folder, checkpoints
@@ -30,8 +26,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, to_yaml
-from trm_ray.data.layout import METADATA_FILE, DatasetError, load_metadata
-from trm_ray.data.loader import is_uri
+from trm_ray.data.layout import METADATA_FILE, DatasetError, has_test_split, load_metadata
+from trm_ray.storage import is_uri
 from trm_ray.run_folder import (
     CONFIG_FILE,
     EVAL_METRIC,
@@ -44,11 +40,11 @@ from trm_ray.run_folder import (
     run_started,
     summarize,
 )
-from trm_ray.train.loop import FAULT_ENV, build_evaluators, has_test_split, train
+from trm_ray.train.loop import FAULT_ENV, build_evaluators, train
 
 # Environment variables the workers get from the driver (dataset cache, test hooks).
 FORWARDED_ENV = ("TRM_RAY_CACHE", FAULT_ENV, "WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_BASE_URL",
-                 "WANDB_SILENT", "HF_ENDPOINT", "HF_HUB_OFFLINE")  # HF_TOKEN: a node's own, like cloud keys
+                 "WANDB_SILENT", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRM_RAY_SWEEP_TRIAL")  # HF_TOKEN: a node's own, like cloud keys
 # Each ray.train.report waits for one controller poll (2 s by default): 0.5 s keeps periodic
 # train reports cheap without loading the controller. A value the user sets wins.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
@@ -155,7 +151,7 @@ class RaySession:
     def resume_checkpoint(self) -> Iterator[Optional[Path]]:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = ray.train.get_checkpoint()  # Ray Train: the latest checkpoint, after a restart or --resume
         if checkpoint is None:
             yield None
             return
@@ -180,6 +176,7 @@ class RaySession:
                 checkpoint_dir = owned
             checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         mode = ray.train.CheckpointUploadMode.ASYNC if self.async_upload else ray.train.CheckpointUploadMode.SYNC
+        # Ray Train: report metrics + checkpoint
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=checkpoint_dir_name(int(metrics[STEP_KEY])),
                          checkpoint_upload_mode=mode)
@@ -208,7 +205,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     if config.ray.use_gpu:
         import ray.train.torch
 
-        device = ray.train.torch.get_device()
+        device = ray.train.torch.get_device()  # Ray Train: this worker's GPU
         if device.type == "cuda":
             torch.cuda.set_device(device)
     train(config, RaySession(loop_config["run_dir"], config.checkpoint.async_upload), device=device,
