@@ -51,7 +51,7 @@ def tiny_model(shape: DataShape, seed=0, **overrides):
 
 def write_split(root: Path, sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], vocab: int,
                 num_ids: int, ignore_label_id=0) -> None:
-    """Test split by hand (TRM_SPEC 7): one puzzle and one group per example."""
+    """Test split by hand (docs/formats.md#dataset-folder): one puzzle and one group per example."""
     (root / "test").mkdir(parents=True, exist_ok=True)
     for name, (inputs, labels, ids) in sets.items():
         n = len(inputs)
@@ -242,7 +242,7 @@ def test_distributed_ranks_all_get_the_single_process_metrics(tmp_path, arc_setu
 # an ARC dataset and a reference-style checkpoint through the CLI
 # --------------------------------------------------------------------------------------------
 def write_arc_test_split(root: Path) -> Path:
-    """Every variant of IDENTIFIERS gets its puzzle's test pairs, transformed (TRM_SPEC 7)."""
+    """Every variant of IDENTIFIERS gets its puzzle's test pairs, transformed as its name says."""
     write_arc_dataset(root)
     inputs, labels, ids, puzzle_indices, group_indices = [], [], [], [0], [0]
     current = None

@@ -1,4 +1,4 @@
-"""The ARC evaluator (TRM_SPEC 9) against hand-built predictions: crop, inverse augmentation,
+"""The ARC evaluator (docs/paper.md#arc-voting) against hand-built predictions: crop, inverse augmentation,
 votes, q tie-breaks, pass@K, two-pair puzzles, the submission format, merging workers.
 
 Predictions are written in the ORIGINAL puzzle's space and pushed through each variant's

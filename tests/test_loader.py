@@ -1,4 +1,4 @@
-"""The loader of TRM_SPEC 8 against hand computations on hand-built datasets."""
+"""The loader (docs/paper.md#training-loader) against hand computations on hand-built datasets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from trm_ray.data import layout, loader as loader_module
+from trm_ray.data import layout, loader as loader_module, staging
 from trm_ray.data.layout import DatasetError, dataset_fingerprint, load_metadata
 from trm_ray.data.loader import PuzzleLoader
 
@@ -304,12 +304,12 @@ def test_from_config_uses_eval_interval_as_epochs_per_iter(train_dir):
 # ---------------------------------------------------------------------------------------------
 def test_file_uri_is_staged_once_and_reused(train_dir, tmp_path, monkeypatch):
     copies = []
-    real_copy = loader_module._copy_tree
-    monkeypatch.setattr(loader_module, "_copy_tree", lambda *a: (copies.append(a), real_copy(*a)))
+    real_copy = staging._copy_tree
+    monkeypatch.setattr(staging, "_copy_tree", lambda *a: (copies.append(a), real_copy(*a)))
     cache = tmp_path / "cache"
     uri = train_dir.as_uri()
     results = []
-    threads = [threading.Thread(target=lambda: results.append(loader_module.stage_dataset(uri, cache))) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: results.append(staging.stage_dataset(uri, cache))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -327,18 +327,18 @@ def test_file_uri_is_staged_once_and_reused(train_dir, tmp_path, monkeypatch):
 
     # A rebuilt dataset at the same URI is copied afresh.
     write_dataset(train_dir, [[1], [2]])
-    assert loader_module.stage_dataset(uri, cache) == staged and len(copies) == 2
+    assert staging.stage_dataset(uri, cache) == staged and len(copies) == 2
     assert load_metadata(staged, "train").total_groups == 2
 
 
 def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     monkeypatch.setenv("TRM_RAY_CACHE", str(tmp_path))
-    assert loader_module.cache_root() == tmp_path / "datasets"
+    assert staging.cache_root() == tmp_path / "datasets"
     monkeypatch.delenv("TRM_RAY_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert loader_module.cache_root() == tmp_path / "home" / ".cache" / "trm-ray" / "datasets"
+    assert staging.cache_root() == tmp_path / "home" / ".cache" / "trm-ray" / "datasets"
 
 
 def test_bad_uri_says_what_to_do(tmp_path):
     with pytest.raises(DatasetError, match="not a folder"):
-        loader_module.stage_dataset((tmp_path / "missing").as_uri(), tmp_path / "cache")
+        staging.stage_dataset((tmp_path / "missing").as_uri(), tmp_path / "cache")

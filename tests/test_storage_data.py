@@ -27,7 +27,8 @@ from s3_server import refused_endpoint
 from trm_ray import storage
 from trm_ray.cli.main import main
 from trm_ray.data.layout import BUILD_FILE, PENDING_FILE, DatasetError
-from trm_ray.data.loader import PuzzleLoader, stage_dataset
+from trm_ray.data.loader import PuzzleLoader
+from trm_ray.data.staging import stage_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ Files: transforms.py (pure seeded transforms), sudoku.py / maze.py (solvers, gen
 sources.py (reading ARC JSON, CSV, the hub), groups.py (one source puzzle -> its encoded
 variants), builder.py (the build: Ray Data on a cluster, else local processes), writer.py
 (streaming writer of the layout), layout.py (file names, dataset.json), recipe.py
-(datasets/*.yaml), inspect.py, loader.py.
+(datasets/*.yaml), inspect.py, loader.py (the training loader), staging.py (a dataset URI
+copied once to a local cache).
 """
 
 

@@ -17,7 +17,7 @@ from trm_ray.data import layout
 
 def _local(dataset_dir: str) -> str:
     """A local folder for `dataset_dir` (a URI is staged; a finished build is required)."""
-    from trm_ray.data.loader import resolve_data_path
+    from trm_ray.data.staging import resolve_data_path
 
     if not layout.is_uri(dataset_dir) and not os.path.isdir(dataset_dir):
         raise layout.DatasetError(f"dataset folder {dataset_dir!r} does not exist: build it with `trm-ray data build`")
@@ -86,11 +86,10 @@ _ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA"
 
 def render_png(dataset_dir: str, png_path: str, num_groups: int = 3, num_variants: int = 3, split: str = "train") -> str:
     """A grid of images: rows are (group, variant), columns the first example's input and label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
+
+    from trm_ray.figures import new_figure, save_png
 
     dataset_dir = _local(dataset_dir)
     meta = layout.load_metadata(dataset_dir, split)
@@ -104,7 +103,7 @@ def render_png(dataset_dir: str, png_path: str, num_groups: int = 3, num_variant
     if is_arc:
         cmap = ListedColormap(["#FFFFFF", "#CCCCCC"] + _ARC_COLOURS)
     else:
-        cmap = ListedColormap(plt.get_cmap("tab20").colors[: meta.vocab_size])
+        cmap = ListedColormap(colormaps["tab20"].colors[: meta.vocab_size])
     rows = []
     for g in range(min(num_groups, arrays.num_groups)):
         first, last = int(arrays.group_indices[g]), int(arrays.group_indices[g + 1])
@@ -115,7 +114,7 @@ def render_png(dataset_dir: str, png_path: str, num_groups: int = 3, num_variant
             rows.append((label, np.asarray(arrays.inputs[example]), np.asarray(arrays.labels[example])))
     if not rows:
         raise layout.DatasetError(f"{dataset_dir!r} split {split} has no puzzles to render")
-    fig, axes = plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows)), squeeze=False)
+    fig, axes = new_figure(len(rows), 2, figsize=(6, 3 * len(rows)), squeeze=False)
     for (label, inp, lab), (ax_in, ax_out) in zip(rows, axes):
         for ax, tokens, title in ((ax_in, inp, "input"), (ax_out, lab, "label")):
             grid = tokens.reshape(side, side)
@@ -127,8 +126,5 @@ def render_png(dataset_dir: str, png_path: str, num_groups: int = 3, num_variant
             ax.set_title(f"{label[:40]}\n{title}", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)
+    save_png(fig, png_path, dpi=80)
     return png_path

@@ -1,4 +1,5 @@
-"""The training and evaluation loader of TRM (TRM_SPEC 8), one per worker.
+"""The training and evaluation loader of TRM, one per worker: the reference's walk over a
+puzzle dataset, with a position that resumes at the next batch.
 
     loader = PuzzleLoader(["data/sudoku-extreme-1k-aug-1000"], "train", global_batch_size=768,
                           rank=rank, world_size=world_size, seed=0, epochs_per_iter=eval_interval)
@@ -19,8 +20,8 @@ Train split, per pass over a set (the reference's walk):
   the rest of that visit is dropped; the next batch starts with the next group visit;
 - a final batch that cannot be filled is dropped;
 - worker `rank` takes rows [rank * local, (rank + 1) * local) of every global batch.
-The example order is the one place the reference used the unseeded global RNG (TRM_SPEC 7,
-defect fixed): here batch k of a pass shuffles with the k-th child of the pass's
+The example order is the one place the reference used the unseeded global RNG (a defect,
+fixed here): here batch k of a pass shuffles with the k-th child of the pass's
 SeedSequence, so any batch can be rebuilt from (seed, pass, k) alone; that is what makes the
 position resumable without replaying the pass.
 
@@ -32,42 +33,30 @@ Several data paths are combined as the reference does: their metadata are merged
 (layout.merge_metadata) and every (set, path) pair is its own pass, named `<set>` for the
 first path and `<set><i>` for path i.
 
-A data path may be a URI (s3://, gs://, file://, anything pyarrow.fs.FileSystem.from_uri
-accepts): it is copied once per node into a local cache (stage_dataset) and memory-mapped there.
+A data path may be a URI (s3://, gs://, file://, ...): it is copied once per node into a local
+cache (trm_ray.data.staging) and memory-mapped there.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from trm_ray.data.layout import (
-    BUILD_FILE,
-    IDENTIFIERS_FILE,
-    PENDING_FILE,
     IGNORE_LABEL_ID,
-    METADATA_FILE,
     SPLITS,
     DatasetError,
     DatasetMetadata,
     SetArrays,
     dataset_fingerprint,
-    is_uri,
     load_metadata,
     load_set_arrays,
     merge_metadata,
-    unfinished_build,
 )
+from trm_ray.data.staging import resolve_data_path
 
 if TYPE_CHECKING:
     from trm_ray.config import TrainConfig
@@ -75,118 +64,6 @@ if TYPE_CHECKING:
 PathLike = Union[str, os.PathLike]
 
 STATE_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------------
-# Remote datasets: staged once per node
-# --------------------------------------------------------------------------------------------
-def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
-    """Where staged datasets live: `cache_dir`, else $TRM_RAY_CACHE/datasets, else
-    ~/.cache/trm-ray/datasets."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    base = os.environ.get("TRM_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trm-ray")
-    return Path(base) / "datasets"
-
-
-# Small files whose content identifies a build; a change at the URI triggers a fresh copy.
-_STAMP_FILES = (IDENTIFIERS_FILE, BUILD_FILE) + tuple(f"{s}/{METADATA_FILE}" for s in SPLITS)
-
-
-def _copy_tree(filesystem: Any, source: str, destination: str) -> None:
-    """Copy a remote folder to a local one (its own function so tests can count copies)."""
-    import pyarrow.fs as pafs
-
-    from trm_ray.storage import COPY_CHUNK
-
-    pafs.copy_files(source, destination, source_filesystem=filesystem,
-                    destination_filesystem=pafs.LocalFileSystem(), use_threads=True, chunk_size=COPY_CHUNK)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    # flock: held per open file, released by the kernel if the holder dies mid-copy.
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def stage_dataset(uri: str, cache_dir: Optional[PathLike] = None) -> Path:
-    """Copy the dataset at `uri` to this node's cache once and return the local folder.
-
-    The copy goes to a temporary folder that is renamed into place when complete, under an
-    fcntl lock, so the workers of a node that ask at the same time copy once and never see a
-    partial folder. A later call reuses the copy while the dataset's small metadata files at
-    the URI (identifiers.json, build.json, dataset.json) are unchanged, and copies afresh when
-    they changed (a rebuilt dataset).
-    """
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-
-    uri = str(uri).rstrip("/")
-    from trm_ray import storage
-
-    try:
-        filesystem, remote = storage.open_uri(uri)
-        info = filesystem.get_file_info(remote)
-    except (pa.ArrowException, OSError, ValueError) as error:
-        message = str(error) if isinstance(error, storage.StorageError) else storage.explain(error, uri)
-        raise DatasetError(f"dataset {message}") from None
-    if info.type != pafs.FileType.Directory:
-        raise DatasetError(f"dataset URI {uri!r} is not a folder: build the dataset there with `trm-ray data build ...`")
-    marker_types = {name: filesystem.get_file_info(f"{remote}/{name}").type for name in (BUILD_FILE, PENDING_FILE)}
-    unfinished = unfinished_build(uri, marker_types[BUILD_FILE] == pafs.FileType.File,
-                                  marker_types[PENDING_FILE] != pafs.FileType.NotFound)
-    if unfinished is not None:
-        raise unfinished
-    if not any(filesystem.get_file_info(f"{remote}/{s}/{METADATA_FILE}").type == pafs.FileType.File for s in SPLITS):
-        raise DatasetError(f"dataset URI {uri!r} holds no train/ or test/ dataset.json: "
-                           f"build it with `trm-ray data build ...`")
-
-    stamp = hashlib.sha256(uri.encode())
-    for name in _STAMP_FILES:
-        path = f"{remote}/{name}"
-        if filesystem.get_file_info(path).type == pafs.FileType.File:
-            with filesystem.open_input_stream(path) as stream:
-                stamp.update(f"\x00{name}\x00".encode() + stream.read())
-    stamp_text = stamp.hexdigest()
-
-    root = cache_root(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target, stamp_file = root / key, root / f"{key}.stamp"
-
-    def current() -> bool:
-        return target.is_dir() and stamp_file.is_file() and stamp_file.read_text() == stamp_text
-
-    if current():
-        return target
-    with _exclusive_lock(root / f"{key}.lock"):
-        if current():  # another worker of this node copied it while we waited
-            return target
-        temporary = root / f"{key}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _copy_tree(filesystem, remote, str(temporary))
-            stale = root / f"{key}.stale-{uuid.uuid4().hex[:8]}"
-            if target.exists():
-                # Workers that memory-mapped the old copy keep reading it until they close it.
-                os.rename(target, stale)
-            os.rename(temporary, target)
-            shutil.rmtree(stale, ignore_errors=True)
-            partial_stamp = root / f"{key}.stamp-{uuid.uuid4().hex[:8]}"
-            partial_stamp.write_text(stamp_text)
-            os.replace(partial_stamp, stamp_file)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-    return target
-
-
-def resolve_data_path(path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
-    """A local folder for `path`: itself when local, the staged copy when a URI."""
-    return stage_dataset(str(path), cache_dir) if is_uri(path) else Path(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +166,7 @@ class _TrainPass:
 # The loader
 # --------------------------------------------------------------------------------------------
 class PuzzleLoader:
-    """Batches of one worker over one split of one or more datasets (TRM_SPEC 8).
+    """Batches of one worker over one split of one or more datasets.
 
     Train: one `for item in loader` is one iteration: one pass over every (set, path), each
     pass covering `epochs_per_iter` epochs of that set's groups. Training passes
@@ -430,7 +307,8 @@ class PuzzleLoader:
             while (visits := walk.next_visits()) is not None:
                 example_index, puzzle_index = walk.batch_rows(self._batch_index, *visits)
                 rows = slice(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
-                batch = self._collate(current.arrays, example_index[rows], puzzle_index[rows])
+                batch = self._handed_out(collate_rows(current.arrays, self.metadata, example_index[rows],
+                                                      puzzle_index[rows], self.local_batch_size))
                 self._batch_index += 1
                 yield LoaderBatch(current.name, batch, self.global_batch_size, self.local_batch_size, self.state_dict())
             self._passes_completed += 1
@@ -446,31 +324,43 @@ class PuzzleLoader:
                 local_start = start + self.rank * self.local_batch_size
                 local_end = min(start + (self.rank + 1) * self.local_batch_size, end)
                 local_end = max(local_start, local_end)  # a worker past the end gets only padding
-                example_index = np.arange(local_start, local_end)
-                puzzle_index = np.searchsorted(arrays.puzzle_indices, example_index, side="right") - 1
-                batch = self._collate(arrays, slice(local_start, local_end), puzzle_index)
-                yield LoaderBatch(current.name, batch, end - start, example_index.size, self.state_dict())
+                batch = self._handed_out(read_rows(arrays, self.metadata, local_start, local_end,
+                                                   pad_to=self.local_batch_size))
+                yield LoaderBatch(current.name, batch, end - start, local_end - local_start, self.state_dict())
 
-    def _collate(
-        self, arrays: SetArrays, examples: Union[np.ndarray, slice], puzzle_index: np.ndarray
-    ) -> dict[str, Any]:
-        """int32 rows for these examples (one puzzle index per row), labels mapped to -100,
-        padded to the local batch."""
-        num_rows, meta = puzzle_index.size, self.metadata
-        inputs = np.full((self.local_batch_size, meta.seq_len), meta.pad_id, dtype=np.int32)
-        labels = np.full((self.local_batch_size, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int32)
-        identifiers = np.full(self.local_batch_size, meta.blank_identifier_id, dtype=np.int32)
-        if num_rows:
-            # Indexing the memmaps reads only these rows.
-            inputs[:num_rows] = arrays.inputs[examples]
-            labels[:num_rows] = arrays.labels[examples]
-            identifiers[:num_rows] = arrays.puzzle_identifiers[puzzle_index]
-            if meta.ignore_label_id is not None:
-                real = labels[:num_rows]
-                real[real == meta.ignore_label_id] = IGNORE_LABEL_ID
-        batch = {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers}
+    def _handed_out(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.to_torch:
             import torch
 
             batch = {k: torch.from_numpy(v) for k, v in batch.items()}
         return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Rows as the loader gives them (also what the eval workers read)
+# --------------------------------------------------------------------------------------------
+def collate_rows(arrays: SetArrays, meta: DatasetMetadata, examples: Union[np.ndarray, slice],
+                 puzzle_index: np.ndarray, num_rows: int) -> dict[str, np.ndarray]:
+    """int32 rows for these examples (one puzzle index per row), labels mapped to -100, then
+    padding up to num_rows rows (inputs pad_id, labels -100, identifiers blank)."""
+    num_real = puzzle_index.size
+    inputs = np.full((num_rows, meta.seq_len), meta.pad_id, dtype=np.int32)
+    labels = np.full((num_rows, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int32)
+    identifiers = np.full(num_rows, meta.blank_identifier_id, dtype=np.int32)
+    if num_real:
+        # Indexing the memmaps reads only these rows.
+        inputs[:num_real] = arrays.inputs[examples]
+        labels[:num_real] = arrays.labels[examples]
+        identifiers[:num_real] = arrays.puzzle_identifiers[puzzle_index]
+        if meta.ignore_label_id is not None:
+            real = labels[:num_real]
+            real[real == meta.ignore_label_id] = IGNORE_LABEL_ID
+    return {"inputs": inputs, "labels": labels, "puzzle_identifiers": identifiers}
+
+
+def read_rows(arrays: SetArrays, meta: DatasetMetadata, start: int, stop: int, pad_to: int = 0) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of a set in file order, as the test loader gives them, padded up to
+    pad_to rows as it pads a set's last batch."""
+    examples = np.arange(start, stop)
+    puzzle_index = np.searchsorted(arrays.puzzle_indices, examples, side="right") - 1
+    return collate_rows(arrays, meta, slice(start, stop), puzzle_index, max(pad_to, stop - start))

@@ -1,4 +1,4 @@
-"""Evaluation (TRM_SPEC 9): per-set exact/token accuracy with Wilson intervals, the ARC
+"""Evaluation: per-set exact/token accuracy with Wilson intervals, the ARC
 voting evaluator and its submission, eval-only runs of any checkpoint.
 
     from trm_ray.eval import evaluate, wilson_interval, ARCEvaluator, evaluate_checkpoint
@@ -15,7 +15,9 @@ from trm_ray.eval.core import (
     metrics_from_sums,
     wilson_interval,
 )
-from trm_ray.eval.run import EvalRun, evaluate_checkpoint, format_metrics, write_outputs
+from trm_ray.eval.outputs import write_outputs
+from trm_ray.eval.run import EvalRun, evaluate_checkpoint
+from trm_ray.eval.table import format_metrics
 
 __all__ = [
     "ARCEvaluator", "EVAL_PREFIX", "EvalAccumulator", "EvalRun", "Evaluator", "build_evaluators",

@@ -1,4 +1,4 @@
-"""The ARC evaluator (TRM_SPEC 9): vote over augmented variants, pass@K, ARC Prize submission.
+"""The ARC evaluator (docs/paper.md#arc-voting): vote over augmented variants, pass@K, ARC Prize submission.
 
     arc = ARCEvaluator("data/arc1concept-aug-1000")
     metrics = evaluate(model, test_loader, evaluators=[arc])   # ... "ARC/pass@2": 0.45
@@ -52,7 +52,7 @@ def _sigmoid64(x: np.ndarray) -> np.ndarray:
 
 
 class ARCEvaluator:
-    """TRM_SPEC 9 ARC scoring; an Evaluator (see trm_ray.eval.core) for evaluate().
+    """ARC scoring (docs/paper.md#arc-voting); an Evaluator (see trm_ray.eval.core) for evaluate().
 
     dataset_dir: an ARC dataset folder (identifiers.json, test_puzzles.json, test/dataset.json).
     submission_K: attempts per test pair in submission(); pass_Ks: the K of ARC/pass@K."""
@@ -64,7 +64,7 @@ class ARCEvaluator:
             raise ValueError(f"submission_K={submission_K} must be >= 1")
         if not pass_Ks or any(int(k) < 1 for k in pass_Ks):
             raise ValueError(f"pass_Ks={list(pass_Ks)} must be positive integers")
-        from trm_ray.data.loader import resolve_data_path
+        from trm_ray.data.staging import resolve_data_path
 
         self.dataset_dir = str(dataset_dir)
         self.submission_K = int(submission_K)

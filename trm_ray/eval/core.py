@@ -1,4 +1,4 @@
-"""Evaluation over a test split (TRM_SPEC 9): per-set metrics with Wilson 95% intervals.
+"""Evaluation over a test split (docs/paper.md#evaluation): per-set metrics with Wilson 95% intervals.
 
 The training loop calls this at every eval interval, on every rank:
 
@@ -7,7 +7,7 @@ The training loop calls this at every eval interval, on every rank:
     metrics["eval/exact_accuracy"], metrics["eval/all/exact_accuracy_low"], metrics["ARC/pass@2"]
 
 Every row runs all halt_max_steps ACT steps (trm_ray.inference.predict: no early halting in
-eval). Metrics are those of TRM_SPEC 5 over the rows with at least one label: `count`,
+eval). Metrics are those of the loss head (TRMWithLoss) over the rows with at least one label: `count`,
 `accuracy` (mean per-row token accuracy), `exact_accuracy`, `q_halt_accuracy` and `steps`,
 reported per set as `eval/<set>/<name>` and over all sets as `eval/<name>`; exact accuracy
 also gets its Wilson 95% interval (`..._low`, `..._high`), because with a few hundred test
@@ -16,7 +16,7 @@ puzzles the interval is as wide as most differences people compare.
 Under torch.distributed each rank evaluates its own slice of every global batch (the test
 loader's sharding); the sums are all-reduced and the evaluators' states all-gathered, so
 every rank returns the same metrics. The same accumulator (EvalAccumulator) serves the
-Ray Data path of eval-only runs (trm_ray.eval.run), so both compute identical numbers.
+Ray Data path of eval-only runs (trm_ray.eval.ray_data), so both compute identical numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from trm_ray.inference import predict
 from trm_ray.model import IGNORE_LABEL_ID
 
 EVAL_PREFIX = "eval"
-# Summed per set, divided by count at the end (TRM_SPEC 5 metrics, "steps" included).
+# Summed per set, divided by count at the end (the loss head's metrics, "steps" included).
 SUMMED = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
 # Model outputs every evaluator may read (numpy, real rows only).
 EVALUATOR_OUTPUTS = ("preds", "q_halt_logits", "q_continue_logits")
@@ -66,7 +66,7 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float,
 # --------------------------------------------------------------------------------------------
 @runtime_checkable
 class Evaluator(Protocol):
-    """What evaluate() drives. ARCEvaluator is one; the train issue's `evaluators:` builds them.
+    """What evaluate() drives. ARCEvaluator is one; a recipe's `evaluators:` list builds them.
 
     reset()                  forget everything (evaluate() calls it first, so each eval stands alone)
     update(batch, outputs)   numpy, real rows only: batch "inputs", "labels", "puzzle_identifiers";
@@ -88,7 +88,7 @@ class Evaluator(Protocol):
 # --------------------------------------------------------------------------------------------
 def row_statistics(labels: np.ndarray, preds: np.ndarray, q_halt_logits: np.ndarray,
                    steps: int | np.ndarray) -> dict[str, np.ndarray]:
-    """TRM_SPEC 5 per row: valid (has a label), token accuracy, exact, q_halt correct, steps
+    """The loss head's metrics per row: valid (has a label), token accuracy, exact, q_halt correct, steps
     (halt_max_steps for all rows, or per row where the model halts early in evaluation)."""
     labels = np.asarray(labels)
     mask = labels != IGNORE_LABEL_ID
