@@ -1,8 +1,11 @@
-"""Connect to Ray so that Ray's own helper actors find the same cluster (trainer, sweep, quickstart).
+"""Start or join Ray, one way for every command (data build, train, eval, sweep, quickstart).
 
     started = connect(address=None, num_cpus=2)    # True: we started a local instance
     ...
     if started: ray.shutdown()
+
+    with ray_session(num_cpus=2):                  # the same, as a block
+        ...
 
 Why not a bare ray.init(): when Tune stops a trial, Ray Train's PlacementGroupCleaner actor
 asks the State API whether the trial's controller is alive, and the State API finds "its"
@@ -13,16 +16,32 @@ process of our job RAY_API_SERVER_ADDRESS (local instance: a dashboard port we c
 RAY_ADDRESS (a named cluster) makes the lookup unambiguous.
 
 Token file: a local ray.init() may write a new token to ~/.ray/auth_token readable by every
-user; both entry points here make it private right after ray.init (trm_ray.auth).
+user; connect makes it private right after ray.init (trm_ray.auth).
+
+The console: a local instance prints its dashboard URL once; lines a user cannot act on are
+kept off the driver's console (Ray's log files under /tmp/ray/session_*/logs keep them all):
+Ray's "token authentication is enabled" notice when the token file is private to the user, the
+raylet's "N PYTHON worker processes have been started" (short-lived trial, controller and
+cleaner actors on a small machine) and Ray Train's "controller actor is dead, cleaning up
+placement group" (the end of every sweep trial).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Callable, Iterator, Optional
+
+# Worker and raylet lines dropped from the driver's console (substrings of one line).
+CONSOLE_NOISE = (
+    "PYTHON worker processes have been started on node",
+    "Detected that the Ray Train controller actor",
+)
+# Ray's notice at a local start with RAY_AUTH_MODE unset (see _TokenNotice).
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def _free_port() -> int:
@@ -31,9 +50,53 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
-    """ray.init for a sweep: `address` (or RAY_ADDRESS), else a new local instance.
-    Returns True when this call started Ray (the caller shuts it down)."""
+def drop_noise(batch: dict) -> Optional[dict]:
+    """A log batch as Ray hands it to the driver's console ({"lines": [...], "pid": ...}),
+    without the CONSOLE_NOISE lines; None when nothing is left."""
+    lines = [line for line in batch.get("lines", ()) if not any(noise in line for noise in CONSOLE_NOISE)]
+    if not lines:
+        return None
+    return batch if len(lines) == len(batch["lines"]) else {**batch, "lines": lines}
+
+
+def _filter_console() -> None:
+    """Route Ray's driver-side printing of worker and raylet lines through drop_noise.
+
+    Both the worker-log stream and the raylet's messages reach the console through
+    ray._private.worker.print_to_stdstream (looked up when ray.init starts its printer), so
+    it is wrapped once, before ray.init. Without that function (another Ray) nothing changes."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_trm_ray_filtered", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        kept = drop_noise(data)
+        if kept is not None:
+            original(kept, *args, **kwargs)
+
+    print_to_stdstream._trm_ray_filtered = True
+    worker.print_to_stdstream = print_to_stdstream
+
+
+class _TokenNotice(logging.Filter):
+    """Holds back Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt
+    out" while a local instance starts: the token lives in a folder only the user can enter
+    (auth.secure_token_file), so there is nothing to do about it. If the file cannot be made
+    private, auth prints its own line saying what to run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
+
+
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, include_dashboard: bool = True,
+            log_to_driver: bool = True, logging_level: str = "WARNING") -> bool:
+    """ray.init: `address` (or RAY_ADDRESS), else a new local instance (its dashboard on
+    127.0.0.1, URL printed once). Returns True when this call started Ray (the caller shuts it
+    down); False when Ray was already initialized in this process (used as it is)."""
     import ray
 
     from trm_ray import auth
@@ -41,7 +104,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    common = {"logging_level": "WARNING", "log_to_driver": True}
+    common = {"logging_level": logging_level, "log_to_driver": log_to_driver}
+    _filter_console()
     if address and address not in ("auto", "local"):
         env = {} if address.startswith("ray://") else {"RAY_ADDRESS": address}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
@@ -49,43 +113,63 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
         ray.init(address="auto", **common)
     else:
         # A new local instance may write a token: let it land in a folder only we can enter.
-        auth.secure_token_file(create_folder=True)
-        port = _free_port()
-        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                           runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}, **common)
-        dashboard = getattr(context, "dashboard_url", None) or f"127.0.0.1:{port}"
-        print(f"trm-ray: started a local Ray instance; dashboard: http://{dashboard.removeprefix('http://')}",
-              file=sys.stderr, flush=True)
+        private = auth.secure_token_file(create_folder=True)
+        notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+        hold_back = _TokenNotice()
+        if private:
+            notice.addFilter(hold_back)
+        try:
+            if include_dashboard:
+                port = _free_port()
+                context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                                   dashboard_port=port, **common,
+                                   runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+                dashboard = getattr(context, "dashboard_url", None) or f"127.0.0.1:{port}"
+                print(f"trm-ray: started a local Ray instance; dashboard: http://{dashboard.removeprefix('http://')}",
+                      file=sys.stderr, flush=True)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
+        finally:
+            notice.removeFilter(hold_back)
     auth.secure_tokens()
     return True
 
 
-def quiet_ray_data_console(level: int) -> None:
-    """Raise the console threshold of Ray Data's logger (its per-dataset progress lines on a
-    non-interactive terminal) where a command prints its own summary; Ray's log files keep all."""
-    import logging
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(level)
-
-
 @contextmanager
-def ray_session(**init_kwargs: Any) -> Iterator[None]:
-    """ray.init(**init_kwargs) for the block unless Ray is already up (a running instance, or
-    the cluster RAY_ADDRESS names, is used as it is); shut down only what this call started."""
+def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None, *, include_dashboard: bool = True,
+                log_to_driver: bool = True, logging_level: str = "WARNING", quiet_data: bool = False
+                ) -> Iterator[bool]:
+    """connect() for a block: a running Ray (or the cluster RAY_ADDRESS names) is used as it
+    is; a local instance this call started is shut down at the end. Yields connect's answer.
+    quiet_data: Ray Data's progress lines kept off the console for the block (the caller
+    prints its own summary)."""
     import ray
 
-    from trm_ray import auth
-
-    if ray.is_initialized():
-        yield
-        return
-    if not init_kwargs.get("address"):
-        auth.secure_token_file(create_folder=True)
-    ray.init(**init_kwargs)
-    auth.secure_tokens()
+    started = connect(address, num_cpus, include_dashboard=include_dashboard, log_to_driver=log_to_driver,
+                      logging_level=logging_level)
+    restore = quiet_ray_data_console(logging.WARNING) if quiet_data else (lambda: None)
     try:
-        yield
+        yield started
     finally:
-        ray.shutdown()
+        restore()
+        if started:
+            ray.shutdown()
+
+
+def quiet_ray_data_console(level: int) -> Callable[[], None]:
+    """Raise the console threshold of Ray Data's logger (its per-dataset progress lines on a
+    non-interactive terminal) where a command prints its own summary; Ray's log files keep all.
+    Returns a function that puts the previous thresholds back."""
+    import ray.data  # noqa: F401  its import sets up the handlers changed here (none before it)
+
+    previous = []
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            previous.append((handler, handler.level))
+            handler.setLevel(level)
+
+    def restore() -> None:
+        for handler, old in previous:
+            handler.setLevel(old)
+
+    return restore

@@ -393,7 +393,7 @@ def build_dataset(
             seq_len, vocab = ARC_SEQ_LEN, ARC_VOCAB_SIZE
         elif not generate:
             tasks, seq_len, vocab, extra = _csv_tasks(recipe, None)
-        with ray_session(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False) if use_ray \
+        with ray_session(num_cpus=num_cpus, log_to_driver=False, quiet_data=True) if use_ray \
                 else nullcontext():
             if generate:
                 # Generating is a parallel step of its own; its rows are small and come back here.

@@ -1,17 +1,28 @@
 """What rank 0 shows while training: step metrics averaged between prints, a progress bar or a line.
 
-    progress = Progress(total_steps, start_step, enabled=rank == 0)
+    progress = Progress(total_steps, start_step, enabled=rank == 0, samples_per_step=global_batch_size)
     progress.step(step, metrics)        # every step; prints when due
     progress.message("...")             # a line that does not break the bar
+
+A line (no terminal): `trm-ray: step 77/312 (25%) loss 1.2102 acc 0.485 exact 0.083 | 412 samples/s | ETA 1m05s`.
+Inside a sweep's trial (SWEEP_TRIAL_ENV set by trm_ray.tune.driver for the trial's workers)
+nothing is printed: the sweep driver prints one line per trial event instead.
 """
 
 from __future__ import annotations
 
+import atexit
+import math
+import os
 import sys
+import threading
 import time
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 from trm_ray.train.step import LR_METRIC
+
+# Set (to "1") in a sweep trial's environment; forwarded to its workers by trm_ray.train.trainer.
+SWEEP_TRIAL_ENV = "TRM_RAY_SWEEP_TRIAL"
 
 
 class Averager:
@@ -38,15 +49,40 @@ class Averager:
         return means
 
 
-class Progress:
-    """Rank 0's progress: a tqdm bar on a terminal, else one line every `every_s` seconds."""
+def format_duration(seconds: float) -> str:
+    """ETA text: 45s, 1m05s, 2h03m; '?' when unknown."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool, every_s: float = 10.0):
-        self.enabled, self.every_s, self.total = enabled, every_s, total_steps
-        self.last_print = time.perf_counter()
+
+def in_sweep_trial(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(SWEEP_TRIAL_ENV, "") not in ("", "0")
+
+
+class Progress:
+    """Rank 0's progress: a tqdm bar on a terminal, else one line every `every_s` seconds.
+
+    samples_per_step: the global batch size (samples/s is shown as steps/s without it);
+    clock and out: for tests (a fake clock, a list of lines)."""
+
+    def __init__(self, total_steps: int, start_step: int, enabled: bool, every_s: float = 10.0, *,
+                 samples_per_step: Optional[int] = None, clock: Callable[[], float] = time.perf_counter,
+                 out: Optional[Callable[[str], None]] = None):
+        _exit_quietly_if_interrupted()
+        self.enabled = enabled and not in_sweep_trial()
+        self.every_s, self.total, self.samples_per_step = every_s, total_steps, samples_per_step
+        self.clock, self.out = clock, out
+        self.last_print = clock()
+        self.last_step = start_step
         self.window = Averager()
         self.bar = None
-        if enabled and sys.stderr.isatty():
+        if self.enabled and out is None and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
 
@@ -54,27 +90,44 @@ class Progress:
             except ImportError:
                 pass
 
+    def _rate(self, steps: int, seconds: float) -> tuple[str, float]:
+        """('412 samples/s', steps per second) over the last window."""
+        per_s = steps / seconds if seconds > 0 else float("nan")
+        if self.samples_per_step:
+            return f"{per_s * self.samples_per_step:.0f} samples/s", per_s
+        return f"{per_s:.2f} steps/s", per_s
+
     @staticmethod
     def _summary(metrics: Mapping[str, float]) -> str:
         return (f"loss {metrics.get('train/lm_loss', float('nan')):.4f} "
                 f"acc {metrics.get('train/accuracy', float('nan')):.3f} "
                 f"exact {metrics.get('train/exact_accuracy', float('nan')):.3f}")
 
+    def line(self, step: int, metrics: Mapping[str, float], seconds: float) -> str:
+        """The progress line for `step`, `seconds` after the previous one (at self.last_step)."""
+        rate, per_s = self._rate(step - self.last_step, seconds)
+        eta = format_duration((self.total - step) / per_s if per_s > 0 else float("nan"))
+        percent = 100.0 * step / self.total if self.total else 100.0
+        return (f"trm-ray: step {step}/{self.total} ({percent:.0f}%) {self._summary(metrics)} "
+                f"| {rate} | ETA {eta}")
+
     def step(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         self.window.add(metrics)
-        if time.perf_counter() - self.last_print < (0.5 if self.bar is not None else self.every_s):
+        now = self.clock()
+        if now - self.last_print < (0.5 if self.bar is not None else self.every_s) and step < self.total:
             if self.bar is not None:
                 self.bar.update(step - self.bar.n)
             return
-        self.last_print = time.perf_counter()
-        summary = self._summary(self.window.pop())
+        means = self.window.pop()
         if self.bar is not None:
+            rate, _ = self._rate(step - self.last_step, now - self.last_print)
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(summary)
+            self.bar.set_postfix_str(f"{self._summary(means)} {rate}")
         else:
-            self._print(f"trm-ray: step {step}/{self.total} {summary}")
+            self._print(self.line(step, means, now - self.last_print))
+        self.last_print, self.last_step = now, step
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -84,8 +137,10 @@ class Progress:
         else:
             self._print(text)
 
-    @staticmethod
-    def _print(text: str) -> None:
+    def _print(self, text: str) -> None:
+        if self.out is not None:
+            self.out(text)
+            return
         # To the process's real stdout: under Ray Train with W&B, sys.stdout is W&B's wrapper
         # and Ray's print patch would tee each line to it and to its logger (printed twice).
         print(text, file=sys.__stdout__ or sys.stdout, flush=True)
@@ -93,3 +148,45 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+_training_threads: list[threading.Thread] = []
+
+
+def _exit_quietly_if_interrupted() -> None:
+    """Called where training starts (in Ray Train: the worker's training thread, a daemon one).
+
+    When a worker process is told to exit mid-run (Tune stops a trial: its Train controller
+    dies, and with it the workers it owns), Python finalizes while the training thread is still
+    inside torch. Python 3.11-3.13 end such a daemon thread with pthread_exit when it next takes
+    the GIL; the unwind hits a C++ frame of torch that cannot unwind (noexcept), std::terminate
+    aborts the process and Ray prints a ~100-line C++ and Python stack for an ordinary stop.
+    This exit handler (run before Python finalizes, after the non-daemon threads are joined)
+    ends such a process at once, after flushing its output, so the thread is never unwound.
+    A run whose training thread has returned finalizes as usual."""
+    thread = threading.current_thread()
+    if thread is threading.main_thread() or not thread.daemon or thread in _training_threads:
+        return
+    if not _in_ray_worker():  # a test or script's own thread: its exit status must stand
+        return
+    if not _training_threads:
+        atexit.register(_end_if_training)
+    _training_threads.append(thread)
+
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    try:
+        return ray is not None and ray._private.worker.global_worker.mode == ray.WORKER_MODE
+    except AttributeError:
+        return False
+
+
+def _end_if_training() -> None:
+    if any(thread.is_alive() for thread in _training_threads):
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:  # a closed or replaced stream: nothing left to flush there
+                pass
+        os._exit(0)

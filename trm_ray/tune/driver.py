@@ -4,7 +4,7 @@
     sweep_dir = run_sweep(sweep, expand_trials(sweep))          # resume=True continues it
 
 Ray 2.60: `Tuner(TorchTrainer)` no longer works, so each trial is a small function trainable
-(a fraction of a CPU: it only waits) that runs the train issue's `fit` on the trial's config,
+(a fraction of a CPU: it only waits) that runs trm_ray.train.trainer's `fit` on the trial's config,
 its Train run named by the trial id under <sweep>/train/. The Train controller forwards each
 evaluation report to Tune (TuneReportCallback), so ASHA judges on the same metrics single
 runs report; ResumableASHA (scheduler.py) keeps that judgement fair across --resume.
@@ -26,23 +26,28 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, build
+from trm_ray.errors import first_line
+from trm_ray.run_folder import EPOCH_KEY
 from trm_ray.tune.records import (
     TRAIN_DIR,
     append_record,
     forget_records,
     read_records,
     read_sweep_info,
+    result_values,
     sweep_started,
     trial_histories,
     trial_outcome,
+    trial_record,
     upload_records,
     write_sweep_info,
 )
-from trm_ray.run_folder import EPOCH_KEY
+from trm_ray.train.progress import SWEEP_TRIAL_ENV
 from trm_ray.tune.scheduler import REPLAYED_KEY, ResumableASHA
 from trm_ray.tune.search import build_searcher, trial_params, trial_space
 from trm_ray.tune.spec import (
@@ -100,12 +105,14 @@ def trial_train_config(context: dict[str, Any], trial_id: str, params: dict[str,
 
 
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """One trial: the trial's TrainConfig, trained by the train issue's `fit` (a TorchTrainer)."""
+    """One trial: the trial's TrainConfig, trained by trm_ray.train.trainer's `fit` (a TorchTrainer)."""
     from ray import tune
 
     from trm_ray.train.trainer import fit
     from trm_ray.run_folder import run_dir_of, run_started
 
+    # Its workers print no progress of their own: the driver prints a line per trial event.
+    os.environ[SWEEP_TRIAL_ENV] = "1"
     # Where the object store is (never a secret): a trial on another node may lack the
     # driver's AWS_ENDPOINT_URL, and its own checks of the run folder below need it.
     for key, value in context.get("storage_env", {}).items():
@@ -200,8 +207,7 @@ def check_trials(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Every trial through the trainer's own pre-launch checks (datasets exist, batch fits,
     evaluators known, storage writable); returns the base recipe with absolute paths, as
     trials get it."""
-    from trm_ray.data.layout import DatasetError
-    from trm_ray.train.loop import has_test_split
+    from trm_ray.data.layout import DatasetError, has_test_split
     from trm_ray.train.trainer import check_inputs
 
     # Trials write under <sweep>/train/, never to the recipe's ray.storage_path: check that.
@@ -256,8 +262,7 @@ class SearchedASHA(ResumableASHA):
             super().on_trial_add(tune_controller, trial)  # a restored trial: its results rebuild the rungs
         else:
             AsyncHyperBandScheduler.on_trial_add(self, tune_controller, trial)
-            self._unrecorded[trial.trial_id] = {"event": "trial", "trial_id": trial.trial_id, "index": None,
-                                                "params": trial_params(trial.config)}
+            self._unrecorded[trial.trial_id] = trial_record(trial.trial_id, None, trial_params(trial.config))
         # The flag Tune itself sets to force the next save (after num_to_keep trial checkpoints);
         # schedulers see the controller through a wrapper, the controller is its _tune_controller.
         manager = getattr(getattr(tune_controller, "_tune_controller", None), "_checkpoint_manager", None)
@@ -316,8 +321,7 @@ def finished_results(sweep_dir: str) -> dict[str, dict[str, Any]]:
     for trial_id, history in trial_histories(read_records(sweep_dir)).items():
         if history.status in ("complete", "stopped") and history.results:
             last = history.results[-1]
-            finished[trial_id] = {k: v for k, v in last.items()
-                                  if k not in ("event", "trial_id", "decision", "time") and v is not None}
+            finished[trial_id] = result_values(last)
     return finished
 
 
@@ -367,9 +371,10 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
     base = build(TrainConfig, trial_base, "base")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = connect(address or base.ray.address)
+    time_attr = EPOCH_KEY if spec.asha.time_attr == "epoch" else EVAL_ROUND_KEY
     try:
         scheduler = (SearchedASHA if spec.searcher else ResumableASHA)(
-            sweep_dir, time_attr=EPOCH_KEY if spec.asha.time_attr == "epoch" else EVAL_ROUND_KEY,
+            sweep_dir, time_attr=time_attr,
             metric=spec.metric, mode=spec.mode, max_t=max_t_of(sweep, base),
             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
             early_stopping=spec.asha.enabled)
@@ -404,9 +409,14 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
             tuner = tune.Tuner(
                 trainable, param_space=param_space, tune_config=tune_config,
                 run_config=tune.RunConfig(name=sweep.name, storage_path=root_path, storage_filesystem=filesystem,
-                                          verbose=1, failure_config=tune.FailureConfig(max_failures=0)),
+                                          # Tune's own tables and result boxes off: TrialConsole
+                                          # prints one line per trial event.
+                                          verbose=0, callbacks=[TrialConsole(spec.metric, max_t_of(sweep, base),
+                                                                             time_attr, log)],
+                                          failure_config=tune.FailureConfig(max_failures=0)),
             )
-        results = tuner.fit()
+        with _tune_output_off():
+            results = tuner.fit()
         upload_records(sweep_dir)  # the upload after the last record may have failed: retry it once more
         record_outcomes_in_wandb(sweep_dir, context, log)
         if results.errors:
@@ -422,6 +432,86 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
         if started:
             ray.shutdown()
     return sweep_dir
+
+
+@contextlib.contextmanager
+def _tune_output_off():
+    """Tune's own console output off for tuner.fit(): RunConfig(verbose=0) silences Tune's
+    older output engine entirely, but the default one still prints its experiment box
+    whatever the verbosity, so the older one is chosen (RAY_AIR_NEW_OUTPUT=0, read by Tune
+    at fit) unless the user set that variable. Trial errors are still logged by Tune."""
+    key = "RAY_AIR_NEW_OUTPUT"
+    chosen = key not in os.environ
+    if chosen:
+        os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if chosen:
+            os.environ.pop(key, None)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def trial_started_line(trial_id: str, params: dict[str, Any]) -> str:
+    values = " ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in params.items())
+    return f"trm-ray: trial {trial_id} started: {values or '(base recipe)'}"
+
+
+def trial_result_line(trial_id: str, result: dict[str, Any], metric: str, stopped: bool) -> str:
+    """One evaluation of a trial and ASHA's decision on it."""
+    epoch = result.get(EPOCH_KEY)
+    value = result.get(metric)
+    where = f"epoch {epoch}" if epoch is not None else f"result {result.get('training_iteration', '?')}"
+    decision = "ASHA stops it" if stopped else "continues"
+    return f"trm-ray: trial {trial_id} {where}: {metric} {_number(value) if value is not None else '?'} -> {decision}"
+
+
+def trial_end_line(trial_id: str, last: Optional[dict[str, Any]], metric: str, stopped_early: bool = False,
+                   error: Optional[str] = None) -> str:
+    """A trial's end: failed, stopped early by ASHA, or completed; its last result."""
+    if error is not None:
+        return f"trm-ray: trial {trial_id} failed: see {error}"
+    last = last or {}
+    value = last.get(metric)
+    score = f"{metric} {_number(value)}" if value is not None else "no evaluation"
+    how = "stopped early by ASHA" if stopped_early else "completed"
+    return f"trm-ray: trial {trial_id} {how} at epoch {last.get(EPOCH_KEY, '?')} ({score})"
+
+
+class TrialConsole(Callback):
+    """The sweep's console: a line when a trial starts, at each of its evaluations (with
+    ASHA's decision: Tune calls callbacks after the scheduler, and marks a result it stops on
+    done) and when it ends. Replaces Tune's own reporter (RunConfig verbose=0)."""
+
+    def __init__(self, metric: str, max_t: int, time_attr: str, log: Callable[[str], None] = print):
+        self.metric, self.max_t, self.time_attr, self.log = metric, max_t, time_attr, log
+        self.last: dict[str, tuple[dict[str, Any], bool]] = {}  # trial id -> (last result, ASHA stopped it)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.log(trial_started_line(trial.trial_id, trial_params(trial.config)))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(REPLAYED_KEY):
+            return  # a finished trial handed back after a driver restart: said when it finished
+        stopped = bool(result.get("done"))
+        time = result.get(self.time_attr)
+        if stopped and isinstance(time, (int, float)) and time >= self.max_t:
+            stopped = False  # its last evaluation: it completes, ASHA did not stop it
+        self.last[trial.trial_id] = (result, stopped)
+        self.log(trial_result_line(trial.trial_id, result, self.metric, stopped))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last, stopped = self.last.pop(trial.trial_id, None) or (getattr(trial, "last_result", None), False)
+        self.log(trial_end_line(trial.trial_id, last, self.metric, stopped))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        where = getattr(trial, "error_file", None) or getattr(trial, "path", None) or "the sweep folder"
+        self.last.pop(trial.trial_id, None)
+        self.log(trial_end_line(trial.trial_id, None, self.metric, error=str(where)))
 
 
 def record_outcomes_in_wandb(sweep_dir: str, context: dict[str, Any], log: Callable[[str], None] = print) -> int:
@@ -442,7 +532,7 @@ def record_outcomes_in_wandb(sweep_dir: str, context: dict[str, Any], log: Calla
         try:
             updated += add_to_summary(config, run_dir_of(config), outcome, results=results)
         except OSError as error:  # the trial's folder unreadable: its W&B run only lacks the outcome
-            log(f"trm-ray: W&B: trial {trial_id}: outcome not recorded: {str(error).splitlines()[0]}")
+            log(f"trm-ray: W&B: trial {trial_id}: outcome not recorded: {first_line(error)}")
     if updated:
         log(f"trm-ray: W&B: ASHA's decisions added to the summaries of {updated} trial run(s)")
     return updated
