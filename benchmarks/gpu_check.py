@@ -726,7 +726,7 @@ def check_throughput(report: Report, env: Env) -> None:
     compile_modes = [False] if env.quick or (env.selftest and not env.cpu_compile) else [False, True]
     for load in WORKLOADS:
         overrides = [*load.overrides, *(TINY if env.selftest else ())]
-        base = load_train_config(REPO / load.recipe, overrides)
+        base = load_train_config(REPO / "trm_ray" / "recipes" / load.recipe, overrides)
         shape = workload_shape(load.shape, env)
         batch_size = base.batch_size_per_worker // (8 if env.quick else 1)
         arch = base.arch

@@ -65,7 +65,7 @@ WIDTH = {"lr": 0.5, "arch.H_cycles": 1.2, "arch.L_cycles": 2.5, "puzzle_emb_lr":
 WEIGHT = {"lr": 0.5, "arch.H_cycles": 0.25, "arch.L_cycles": 0.2, "puzzle_emb_lr": 0.15, "weight_decay": 0.1}
 LOG_KEYS = ("lr", "puzzle_emb_lr")
 QUICKSTART_SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "experiments", "sweeps", "quickstart.yaml")
+                                "trm_ray", "recipes", "experiments", "sweeps", "quickstart.yaml")
 
 # The grid people run (ascending values), and the same ranges for the model-based searcher.
 GRID = {

@@ -21,7 +21,6 @@ move with the load: run it alone (`flock /tmp/trm-bench.lock python benchmarks/t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -31,13 +30,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET_RECIPE = REPO / "datasets" / "sudoku-6x6-archs.yaml"
-TRAIN_RECIPE = REPO / "experiments" / "sudoku6-archs.yaml"
+RECIPES = REPO / "trm_ray" / "recipes"
+DATASET_RECIPE = RECIPES / "datasets" / "sudoku-6x6-archs.yaml"
+TRAIN_RECIPE = RECIPES / "experiments" / "sudoku6-archs.yaml"
 GOAL = 1.15
 
 
 def overrides(args, data: Path, storage: Path, run_name: str) -> list[str]:
-    """The issue's run on top of the recipe (which already has hidden 64, MLP-T, H2/L2, batch 64)."""
+    """The measured run on top of the recipe (which already has hidden 64, MLP-T, H2/L2, batch 64)."""
     return [f"data_paths=[{data}]", f"epochs={args.epochs}", f"eval_interval={args.eval_interval}",
             "arch.hidden_size=64", "arch.mlp_t=true", "arch.H_cycles=2", "arch.L_cycles=2",
             "global_batch_size=64", "ray.num_workers=1", f"tracking.wandb={'true' if args.wandb else 'false'}",
@@ -47,7 +47,8 @@ def overrides(args, data: Path, storage: Path, run_name: str) -> list[str]:
 def plain_child(argv: list[str]) -> None:
     """Side (a), in its own process: the loop as a script without Ray would run it."""
     from trm_ray.config import load_train_config
-    from trm_ray.train.loop import LocalSession, train
+    from trm_ray.train.loop import train
+    from trm_ray.train.session import LocalSession
     from trm_ray.run_folder import run_dir_of
 
     config = load_train_config(str(TRAIN_RECIPE), argv)
@@ -68,8 +69,10 @@ def summary(run_dir: Path) -> tuple[int, float, float]:
     """(last step, its eval/exact_accuracy, median train samples/s) from the run's metrics.jsonl.
     The rate is the loop's own (steps only, evaluations excluded), over every report but the
     first, which holds the warm-up: it tells per-step cost from start-up cost."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rates = [r["train/samples_per_s"] for r in records if r.get("train/samples_per_s")]
+    from trm_ray.run_folder import SAMPLES_PER_S_KEY, read_metrics
+
+    records = read_metrics(run_dir)
+    rates = [r[SAMPLES_PER_S_KEY] for r in records if r.get(SAMPLES_PER_S_KEY)]
     rate = statistics.median(rates[1:] or rates) if rates else float("nan")
     last = records[-1] if records else {}
     exact = last.get("eval/exact_accuracy")

@@ -22,7 +22,7 @@ from trm_ray.data.recipe import load_recipe as load_dataset_recipe
 from trm_ray.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = REPO / "experiments"
+EXPERIMENTS = REPO / "trm_ray" / "recipes" / "experiments"
 
 # Building a 27M-parameter model is a fixed cost; more threads only contend on a shared CPU.
 torch.set_num_threads(1)
@@ -129,7 +129,7 @@ def test_header_names_the_row_the_data_build_and_itself(name):
     assert f"trm-ray train experiments/{name}.yaml" in header
     build = re.search(r"trm-ray data build (datasets/\S+\.yaml)", header)
     assert build, "the header gives no data build command"
-    dataset = load_dataset_recipe(REPO / build.group(1))
+    dataset = load_dataset_recipe(REPO / "trm_ray" / "recipes" / build.group(1))
     assert [dataset.resolved_output_dir] == EXPECTED[name]["data_paths"]
 
 

@@ -46,4 +46,4 @@ def test_readme_commands_name_real_subcommands_and_files():
         assert used in commands, used
     for recipe in re.findall(r"((?:experiments|datasets)/[\w./-]+\.yaml)", readme):
         if "my-sweep" not in recipe:
-            assert (ROOT / recipe).is_file(), recipe
+            assert (ROOT / "trm_ray" / "recipes" / recipe).is_file(), recipe

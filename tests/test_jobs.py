@@ -1,7 +1,7 @@
 """`trm-ray submit` / `trm-ray jobs` and trm_ray.jobs.
 
 Fast (no Ray): address and token resolution in Ray's order, entrypoint quoting, --env, the
-staged checkout (cli/ shipped as trm_ray/cli/, datasets/runs/venvs left out), one-line errors.
+staged checkout (the package and its recipes; data, runs and venvs left out), one-line errors.
 
 Against a real head (marked ray + slow): the module starts its own `ray start --head` on
 127.0.0.1 with unique ports and temp dir and token auth on (a test token, not ~/.ray's), and

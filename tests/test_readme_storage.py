@@ -102,7 +102,7 @@ def test_readme_storage_commands_run_against_s3(s3, workdir):
     seen: dict[str, str] = {}
     commands = []
     for argv in readme_commands():
-        args = [a if not a.startswith(("datasets/", "experiments/")) else str(repo / a) for a in expand(argv)]
+        args = [a if not a.startswith(("datasets/", "experiments/")) else str(repo / "trm_ray/recipes" / a) for a in expand(argv)]
         if args[0] == "data" and any(a.endswith("/data/q") for a in args):
             continue  # the Datasets section's example URI: tests/test_storage_data.py runs it
         if args[0] == "train":
@@ -130,7 +130,7 @@ def test_readme_storage_commands_run_against_s3(s3, workdir):
     assert any(k.endswith("/model.pt") for k in run_keys) and any(k.endswith("/train_state.pt") for k in run_keys)
     metrics = [json.loads(line) for line in s3.get("trm", "readme/runs/quickstart-s3/metrics.jsonl").splitlines()]
     assert max(r["step"] for r in metrics) > 0
-    train_output = seen["train " + str(repo / "experiments/quickstart.yaml")]
+    train_output = seen["train " + str(repo / "trm_ray/recipes/experiments/quickstart.yaml")]
     assert "final: (none)" not in train_output and "best checkpoint: s3://trm/readme/runs/quickstart-s3/" in train_output
     # train --resume of the finished run: found in storage, nothing left to train
     assert "run already finished" in seen["train --resume"]

@@ -22,7 +22,7 @@ from trm_ray.cli.main import main
 from trm_ray.config import ConfigError, TrainConfig, apply_overrides, load_train_config, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = REPO / "experiments"
+EXPERIMENTS = REPO / "trm_ray" / "recipes" / "experiments"
 REFERENCE_CFG = Path(__file__).resolve().parent / "fixtures" / "reference_config" / "cfg_pretrain.yaml"
 
 

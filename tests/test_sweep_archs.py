@@ -162,7 +162,8 @@ def parameters_by_hand(layers: int) -> int:
 
 
 def test_compare_shows_each_trials_architecture_and_reported_parameter_count(tmp_path):
-    from trm_ray.train.loop import LocalSession, train
+    from trm_ray.train.loop import train
+    from trm_ray.train.session import LocalSession
 
     data = tmp_path / "data"
     write_dataset(data, [[1]] * 8, split="train")
@@ -241,9 +242,9 @@ def test_archs_sudoku6_sweep_ranks_trm_hrm_and_the_transformer(tmp_path, ray_ins
 
     started = time.monotonic()
     data = tmp_path / "sudoku-6x6-archs"
-    build_dataset(load_recipe(REPO / "datasets/sudoku-6x6-archs.yaml"), str(data), use_ray=False)
+    build_dataset(load_recipe(REPO / "trm_ray/recipes/datasets/sudoku-6x6-archs.yaml"), str(data), use_ray=False)
     built = time.monotonic()
-    result = sweep_cli(REPO / "experiments/sweeps/archs-sudoku6.yaml", f"data_paths=[{data}]",
+    result = sweep_cli(REPO / "trm_ray/recipes/experiments/sweeps/archs-sudoku6.yaml", f"data_paths=[{data}]",
                        "--storage-path", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     swept = time.monotonic()

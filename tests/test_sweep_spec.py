@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from trm_ray.cli.main import main
 from trm_ray.config import ConfigError
+from trm_ray.recipes import RECIPES_DIR
 from trm_ray.tune.spec import expand_trials, load_sweep_spec, trial_config, varied_keys
 
 BASE = """\
@@ -151,7 +152,7 @@ def test_every_sampled_trial_is_validated(tmp_path):
 def test_shipped_sweeps_resolve(tmp_path):
     import glob
 
-    files = sorted(glob.glob("experiments/sweeps/*.yaml"))
+    files = sorted(glob.glob(str(RECIPES_DIR / "experiments/sweeps/*.yaml")))
     assert files, "experiments/sweeps/ has no sweep"
     for path in files:
         sweep = load_sweep_spec(path)

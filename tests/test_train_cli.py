@@ -14,7 +14,7 @@ from trm_ray.cli.main import main
 from trm_ray.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
+QUICKSTART = str(REPO / "trm_ray" / "recipes" / "experiments" / "quickstart.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ def test_dry_run_prints_the_resolved_config():
 
 @pytest.mark.parametrize("recipe", ["quickstart", "sudoku-mlp", "sudoku-att", "maze-att", "arc1", "arc2"])
 def test_every_recipe_resolves(recipe):
-    result = run(str(REPO / "experiments" / f"{recipe}.yaml"), "--dry-run")
+    result = run(str(REPO / "trm_ray" / "recipes" / "experiments" / f"{recipe}.yaml"), "--dry-run")
     assert result.exit_code == 0, result.output
 
 

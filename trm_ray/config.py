@@ -1,6 +1,6 @@
 """One typed config tree for trm-ray: pydantic models, YAML recipes, `key=value` overrides.
 
-Hyperparameters keep the reference names (TRM_SPEC 1, DESIGN "Conventions"), so a reference
+Hyperparameters keep the reference names (paper symbols: docs/paper.md), so a reference
 command line's overrides work unchanged (hydra's grammar and composition: trm_ray/overrides.py):
 
     cfg = load_train_config("experiments/sudoku-mlp.yaml", ["arch=trm", "arch.L_cycles=6", "lr=1e-4"])
@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Architecture (TRM_SPEC 1)
+# Architecture (paper symbols: docs/paper.md#symbols-and-config-keys)
 # --------------------------------------------------------------------------------------------
 # The architectures trm-ray builds, by their short name, and the exact `arch.name` string the
 # reference writes into all_config.yaml for each. The two TRM ablations share TRM's class name,
@@ -143,7 +143,7 @@ class ArchConfig(_Strict):
 
 
 class DataShape(_Strict):
-    """What the dataset fixes about the model (TRM_SPEC 1 'derived from the dataset')."""
+    """What the dataset fixes about the model (from its dataset.json: docs/formats.md#metadata)."""
 
     seq_len: int = Field(..., ge=1, description="S: tokens per example.")
     vocab_size: int = Field(..., ge=2, description="V: token vocabulary.")
@@ -323,15 +323,22 @@ _use_hydra_scalars(RecipeDumper, keep_dates=True)
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML recipe path")
+    """A recipe or a run's config.yaml as a mapping: a local file, or an object at a URI (a run
+    folder on object storage)."""
+    from trm_ray import storage
+    from trm_ray.errors import first_line
+
+    location = str(path)
     try:
-        data = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+        text = storage.read_text(location) if storage.is_uri(location) else Path(path).read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"config file {location!r} does not exist; pass a YAML recipe path") from None
+    try:
+        data = yaml.load(text, Loader=RecipeLoader) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"config file {location!r} is not valid YAML: {first_line(error)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(f"config file {location!r} must hold a mapping of keys, not {type(data).__name__}")
     return data
 
 
@@ -357,8 +364,11 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str = "") -> Any
 def load_train_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
     """A recipe (trm-ray's or the reference's cfg_pretrain.yaml layout) with hydra overrides."""
     from trm_ray.overrides import compose, load_recipe
+    from trm_ray.recipes import find_recipe
 
-    data = load_recipe(path, list(overrides)) if path is not None else compose({}, list(overrides))
+    # a path, or the name of a shipped recipe (experiments/quickstart.yaml works from any folder)
+    data = load_recipe(find_recipe(path, "experiments"), list(overrides)) if path is not None \
+        else compose({}, list(overrides))
     return build(TrainConfig, data, str(path) if path else "")
 
 

@@ -7,9 +7,11 @@
     print(client.logs(job_id))
 
 What ships: the working directory (default: the current one) minus datasets, runs, virtual
-environments and VCS folders. When it is a trm-ray checkout, its code ships too, laid out as the
-installed package (cli/ becomes trm_ray/cli/), so the job runs the code you have here, not
-whatever version the cluster installed; recipe paths (experiments/...) resolve on the cluster.
+environments and VCS folders. When it is a trm-ray checkout, it is copied as a plain tree (its
+trm_ray/ package, with the shipped recipes in trm_ray/recipes/; symlinks are left out), so the
+job runs the code you have here, not whatever version the cluster installed. A recipe argument
+(experiments/quickstart.yaml) resolves on the cluster as it does here: a file of that path in
+the working directory first, else the shipped recipe of that name (trm_ray/recipes).
 
 Token authentication: Ray 2.60's JobSubmissionClient only sends a token when the *client*
 process runs in RAY_AUTH_MODE=token, which a laptop shell usually does not set, so a token

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from trm_ray.config import ConfigError
+from trm_ray.recipes import find_recipe
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Shipped recipes (trm_ray/recipes/), found by name from any folder and any install.
 DATASET_RECIPE = "datasets/sudoku-4x4-quickstart.yaml"
 TRAIN_RECIPE = "experiments/quickstart.yaml"
 SWEEP_FILE = "experiments/sweeps/quickstart.yaml"
@@ -41,15 +42,6 @@ class QuickstartResult:
     plot: Optional[Path] = None
     best_recipe: Optional[Path] = None
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def project_file(relative: str) -> Path:
-    """A recipe shipped in the checkout (the README installs trm-ray editable from it)."""
-    path = PROJECT_ROOT / relative
-    if not path.is_file():
-        raise ConfigError(f"{relative} not found next to the trm_ray package ({PROJECT_ROOT}); run the quickstart "
-                          f"from a checkout installed with `pip install -e .`")
-    return path
 
 
 def _stage(result: QuickstartResult, name: str, log: Callable[[str], None]):
@@ -73,7 +65,7 @@ def run_quickstart(workdir: str | os.PathLike = "trm-ray-quickstart", *, sweep: 
 
     from trm_ray.config import build, read_yaml, apply_overrides, TrainConfig
     from trm_ray.data import build_dataset
-    from trm_ray.eval.run import evaluate_checkpoint, format_metrics
+    from trm_ray.eval import evaluate_checkpoint, format_metrics
     from trm_ray.train.trainer import check_inputs, fit
     from trm_ray.cluster import connect, quiet_ray_data_console
 
@@ -90,10 +82,10 @@ def run_quickstart(workdir: str | os.PathLike = "trm-ray-quickstart", *, sweep: 
     quiet_ray_data_console(logging.WARNING)  # each stage prints its own summary
     try:
         with _stage(result, "1/5 build the dataset with Ray Data", log):
-            build_dataset(project_file(DATASET_RECIPE), result.dataset, overwrite=True, log=log)
+            build_dataset(find_recipe(DATASET_RECIPE), result.dataset, overwrite=True, log=log)
 
         with _stage(result, "2/5 train with Ray Train", log):
-            data = read_yaml(project_file(TRAIN_RECIPE))
+            data = read_yaml(find_recipe(TRAIN_RECIPE))
             config = build(TrainConfig, apply_overrides(data, [
                 f"data_paths=[{result.dataset}]",
                 f"ray.storage_path={workdir / 'runs'}",
@@ -116,7 +108,7 @@ def run_quickstart(workdir: str | os.PathLike = "trm-ray-quickstart", *, sweep: 
                 from trm_ray.tune.driver import run_sweep
                 from trm_ray.tune.spec import expand_trials, load_sweep_spec
 
-                spec = load_sweep_spec(project_file(SWEEP_FILE))
+                spec = load_sweep_spec(find_recipe(SWEEP_FILE))
                 spec.base_data["data_paths"] = [str(result.dataset)]
                 spec.spec.storage_path = str(workdir / "sweeps")
                 result.sweep_dir = run_sweep(spec, expand_trials(spec), resume=False, log=log)

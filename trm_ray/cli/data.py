@@ -79,7 +79,8 @@ def data() -> None:
 @click.option("--batch-size", type=int, help="Source puzzles per task (default: ~2000 variants per task).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
 def build(target: str, **flags: Any) -> None:
-    """Build a dataset: TARGET is arc, sudoku, maze or a recipe YAML (datasets/*.yaml).
+    """Build a dataset: TARGET is arc, sudoku, maze or a recipe YAML (a path, or a shipped one by name:
+    datasets/sudoku-4x4-quickstart.yaml).
 
     Flags mirror the reference builders and override the recipe's keys. A local output is
     written to <output>.tmp-<id> and renamed when complete; a URI output (s3://, gs://) is
@@ -89,6 +90,7 @@ def build(target: str, **flags: Any) -> None:
     from trm_ray.data.builder import build_dataset
     from trm_ray.data.recipe import load_recipe
     from trm_ray.data.sources import DatasetBuildError
+    from trm_ray.recipes import is_packaged
     from trm_ray.storage import StorageError
 
     options = {
@@ -109,8 +111,8 @@ def build(target: str, **flags: Any) -> None:
     try:
         if target in KINDS:
             recipe = load_recipe(None, {"kind": target, **overrides})
-        elif target.endswith((".yaml", ".yml")):
-            recipe = load_recipe(target, overrides)
+        elif target.endswith((".yaml", ".yml")) or is_packaged(target, "datasets"):
+            recipe = load_recipe(target, overrides)  # a path, or a shipped recipe by name
         else:
             raise ConfigError(f"target {target!r} is neither arc, sudoku, maze nor a recipe .yaml file")
         if dry_run:

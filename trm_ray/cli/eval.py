@@ -5,7 +5,7 @@
     trm-ray eval --checkpoint s3://bucket/runs/x/checkpoint_000010 --dataset s3://bucket/data/q --outdir s3://bucket/evals/x
 
 Inference runs as Ray Data batch inference over --num-workers actors (see
-trm_ray/eval/run.py for why not Train workers); --num-workers 0 runs in this process.
+trm_ray/eval/ray_data.py for why not Train workers); --num-workers 0 runs in this process.
 
 Command lines written for the alphaXiv fork's scripts/run_eval_only.py work too: its flags
 are aliases here (--apply-ema, --eval-save-outputs, --global-batch-size, --config, ...), and
@@ -128,8 +128,11 @@ def eval_command(checkpoint: str, config_path: Optional[str], dataset: str, ema:
     (its --eval-only and --bf16 are what trm-ray does anyway)."""
     from trm_ray import storage
     from trm_ray.checkpoint import CheckpointError
-    from trm_ray.data.layout import DatasetError, is_uri
-    from trm_ray.eval.run import evaluate_checkpoint, format_metrics, is_arc_dataset, write_outputs
+    from trm_ray.data.layout import DatasetError
+    from trm_ray.storage import is_uri
+    from trm_ray.eval import format_metrics, write_outputs
+    from trm_ray.eval.loading import is_arc_dataset
+    from trm_ray.eval.run import evaluate_checkpoint
 
     names = [s for s in save_outputs.replace(",", " ").split() if s]
     batch_size_given = click.get_current_context().get_parameter_source("batch_size") is not ParameterSource.DEFAULT
@@ -170,7 +173,7 @@ def _training_recipe(given: str, checkpoint: str):
     holding the checkpoint), so its W&B eval run shares the training run's project and tags;
     None for a checkpoint outside a run folder (a reference file, a Hub path)."""
     from trm_ray import storage
-    from trm_ray.config import ConfigError, TrainConfig, build
+    from trm_ray.config import ConfigError, TrainConfig, build, read_yaml
     from trm_ray.hub import as_hub_uri
     from trm_ray.run_folder import CONFIG_FILE, run_started
 
@@ -181,9 +184,7 @@ def _training_recipe(given: str, checkpoint: str):
     for folder in (given.rstrip("/"), holder):
         try:
             if run_started(folder) and storage.is_file(storage.join(folder, CONFIG_FILE)):
-                from trm_ray.cli.train import _read_saved_config
-
-                return build(TrainConfig, _read_saved_config(storage.join(folder, CONFIG_FILE)))
+                return build(TrainConfig, read_yaml(storage.join(folder, CONFIG_FILE)))
         except (ConfigError, storage.StorageError, OSError):
             return None
     return None

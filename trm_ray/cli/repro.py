@@ -48,12 +48,14 @@ def repro(recipe: str, overrides: tuple[str, ...], seeds_text: Optional[str], na
     then print each seed's best and final evaluation with the mean, std, the 95% t interval
     over seeds and the pooled Wilson interval, and write them to <repro>/repro.json.
     OVERRIDES (key=value) change the recipe."""
+    from trm_ray.recipes import find_recipe
     from trm_ray.storage import StorageError
     from trm_ray.tune.repro import check_folder, format_report, load_repro, parse_seeds, summarize_repro, track_repro
 
     try:
         seeds = parse_seeds(seeds_text) if seeds_text is not None else None
-        spec = load_repro(recipe, list(overrides), seeds, name, storage_path, resume=resume)
+        # a path, or a shipped recipe by name (experiments/quickstart.yaml from any folder)
+        spec = load_repro(find_recipe(recipe, "experiments"), list(overrides), seeds, name, storage_path, resume=resume)
         # the folder to compare with is read first: a typo costs nothing, not a whole repro
         other = summarize_repro(compare_dir) if compare_dir else None
         if dry_run:

@@ -37,8 +37,9 @@ from trm_ray.config import ConfigError
                                              "searched sweep: its space and the searcher's first proposals).")
 def sweep(sweep_file: str, overrides: tuple[str, ...], storage_path: Optional[str], resume: bool,
           address: Optional[str], dry_run: bool) -> None:
-    """Run the sweep SWEEP_FILE (experiments/sweeps/*.yaml): one Ray Train run per trial, ASHA
-    stopping weak trials early. Every trial's config is checked before anything launches.
+    """Run the sweep SWEEP_FILE (a path, or a shipped one by name: experiments/sweeps/quickstart.yaml):
+    one Ray Train run per trial, ASHA stopping weak trials early. Every trial's config is checked
+    before anything launches.
     OVERRIDES (key=value) change the base recipe, after the sweep file's own overrides; give
     the same ones with --resume."""
     from trm_ray.tune.spec import expand_trials, load_sweep_spec, varied_keys

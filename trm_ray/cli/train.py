@@ -57,6 +57,7 @@ def _run_folder(resume_dir: str) -> tuple[str, str, str]:
     URIs are split as strings: pathlib would fold 's3://' into 's3:/'."""
     from trm_ray import storage
     from trm_ray.config import ConfigError
+    from trm_ray.run_folder import CONFIG_FILE
 
     if storage.is_uri(resume_dir):
         run_dir = resume_dir.rstrip("/")
@@ -65,27 +66,9 @@ def _run_folder(resume_dir: str) -> tuple[str, str, str]:
             raise ConfigError(f"--resume {resume_dir}: a run folder URI names the run inside the storage path, "
                               f"e.g. {scheme}://bucket/runs/RUN_NAME")
         parent, name = run_dir.rsplit("/", 1)
-        return name, parent, storage.join(run_dir, "config.yaml")
+        return name, parent, storage.join(run_dir, CONFIG_FILE)
     run_dir = Path(resume_dir).expanduser().resolve()
-    return run_dir.name, str(run_dir.parent), str(run_dir / "config.yaml")
-
-
-def _read_saved_config(location: str) -> dict:
-    """A run's config.yaml (local or at a URI) as a mapping."""
-    import yaml
-
-    from trm_ray import storage
-    from trm_ray.config import ConfigError, read_yaml
-
-    if not storage.is_uri(location):
-        return read_yaml(location)
-    try:
-        data = yaml.safe_load(storage.read_text(location)) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {location!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {location!r} must hold a mapping of keys, not {type(data).__name__}")
-    return data
+    return run_dir.name, str(run_dir.parent), str(run_dir / CONFIG_FILE)
 
 
 def _finished_run(config: "TrainConfig") -> Optional[tuple[int, "TrainRunResult"]]:
@@ -93,8 +76,7 @@ def _finished_run(config: "TrainConfig") -> Optional[tuple[int, "TrainRunResult"
     done: that checkpoint was taken at an epoch >= config.epochs (a run checkpoints at its last
     evaluation). Resuming it would start Ray and a worker group only to find nothing left to
     train. None: not finished."""
-    from trm_ray.run_folder import EPOCH_KEY
-    from trm_ray.run_folder import read_metrics, run_dir_of, summarize
+    from trm_ray.run_folder import EPOCH_KEY, read_metrics, run_dir_of, summarize
 
     run_dir = run_dir_of(config)
     checkpointed = [r for r in read_metrics(run_dir) if r.get("checkpoint")]
@@ -121,15 +103,18 @@ def _metrics_line(metrics: dict) -> str:
 def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[str], dry_run: bool) -> None:
     """Train a TRM recipe on Ray Train (data-parallel, checkpointed, restartable).
 
-    RECIPE.yaml is a training recipe (experiments/*.yaml); KEY=VALUE pairs override its keys
+    RECIPE.yaml is a training recipe: a YAML path, or a shipped one by name (experiments/quickstart.yaml,
+    or just quickstart); KEY=VALUE pairs override its keys
     with the reference's names (arch.L_cycles=6 lr=1e-4) and the Ray ones (ray.num_workers=4).
     With --resume, RECIPE is optional: the run's own config.yaml is the base.
     """
     from trm_ray import storage
     from trm_ray.checkpoint import CheckpointError
-    from trm_ray.config import ConfigError, apply_overrides, build, set_key, to_yaml, TrainConfig
+    from trm_ray.config import ConfigError, TrainConfig, apply_overrides, build, read_yaml, set_key, to_yaml
     from trm_ray.data.layout import DatasetError
+    from trm_ray.errors import first_line
     from trm_ray.overrides import load_recipe
+    from trm_ray.recipes import find_recipe
 
     _reject_multirun(args)
     recipe, overrides = _split_args(args)
@@ -143,14 +128,16 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
             if not found:
                 raise ConfigError(f"--resume {resume_dir}: no config.yaml there; pass the run folder "
                                   f"(<ray.storage_path>/<run_name>) of a run started by `trm-ray train`")
-            data = load_recipe(recipe, overrides) if recipe else apply_overrides(_read_saved_config(saved), overrides)
+            data = load_recipe(find_recipe(recipe, "experiments"), overrides) if recipe \
+                else apply_overrides(read_yaml(saved), overrides)  # local or at a URI
             # The run's identity comes from the folder, whatever the recipe says.
             data = set_key(set_key(data, "run_name", run_name), "ray.storage_path", storage_path)
             source = str(recipe or saved)
         else:
             if recipe is None:
-                raise ConfigError("give a recipe: trm-ray train RECIPE.yaml [key=value ...] (see experiments/)")
-            data = load_recipe(recipe, overrides)
+                raise ConfigError("give a recipe: trm-ray train RECIPE.yaml [key=value ...] "
+                                  "(e.g. experiments/quickstart.yaml, shipped in trm_ray/recipes/)")
+            data = load_recipe(find_recipe(recipe, "experiments"), overrides)  # a path or a shipped recipe
             source = recipe
         config = build(TrainConfig, data, source)
         if not config.run_name:
@@ -176,8 +163,7 @@ def train(args: tuple[str, ...], address: Optional[str], resume_dir: Optional[st
     except Exception as error:  # Ray's TrainingFailedError and friends: one line, plus where to look
         if type(error).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
             raise
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise click.ClickException(f"training failed: {first} (the run folder keeps its checkpoints; "
+        raise click.ClickException(f"training failed: {first_line(error)} (the run folder keeps its checkpoints; "
                                    f"continue with --resume)") from None
 
     click.echo(f"final: {_metrics_line(result.final)}")

@@ -1,6 +1,7 @@
 """Dataset recipes: what `trm-ray data build` builds, from which source, with which seed.
 
-A recipe is a YAML file in datasets/ (or the same keys as CLI flags); the keys are the
+A recipe is a YAML file (the shipped ones: trm_ray/recipes/datasets/, by name from any folder,
+see trm_ray/recipes) or the same keys as CLI flags; the keys are the
 reference builders' names (`input_file_prefix`, `subsets`, `test_set_name`, `num_aug`,
 `seed`, `subsample_size`, `min_difficulty`, `aug`):
 
@@ -147,7 +148,9 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: Optional[dict[
     """A recipe from YAML (name defaults to the file's stem), with `overrides` (None values skipped)."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = read_yaml(path)
+        from trm_ray.recipes import find_recipe
+
+        data = read_yaml(find_recipe(path, "datasets"))  # a path, or a shipped recipe's name
         data.setdefault("name", Path(path).stem)
     for key, value in (overrides or {}).items():
         if value is None:
