@@ -1,4 +1,4 @@
-"""A tiny hand-written writer of the reference dataset layout (TRM_SPEC 7) for tests.
+"""A tiny hand-written writer of the reference dataset layout (docs/formats.md#dataset-folder) for tests.
 
 It spells every file name out itself (it does not use trm_ray.data.layout or the builder),
 so the loader's tests also check that trm-ray reads the layout the spec describes.

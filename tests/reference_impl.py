@@ -1,4 +1,4 @@
-"""A naive, slow, obviously-correct TRM forward written from TRM_SPEC 3, for tests only.
+"""A naive, slow, obviously-correct TRM forward written from docs/paper.md#recursion, for tests only.
 
 It shares no code with trm_ray.model: it reads a state dict (keys `model.inner.*`, any
 `_orig_mod.` prefix removed) and computes in float64 with explicit formulas, so a test that
@@ -49,7 +49,7 @@ class RefArch:
 
     @property
     def prefix_len(self) -> int:
-        # TRM_SPEC 1/3.2: P = puzzle_emb_len, or ceil(ndim / D) when it is 0; P = 0 without a table.
+        # Prefix length: P = puzzle_emb_len, or ceil(ndim / D) when it is 0; P = 0 without a table.
         if self.puzzle_emb_ndim == 0:
             return 0
         if self.puzzle_emb_len == 0:
@@ -147,7 +147,7 @@ def input_embeddings(state, inputs, puzzle_identifiers, arch: RefArch):
 
 
 def inner_forward(state, arch: RefArch, inputs, puzzle_identifiers, z_H, z_L):
-    """One deep recursion (TRM_SPEC 3). Returns (z_H, z_L, logits (B, S, V), q_halt, q_continue), float64."""
+    """One deep recursion. Returns (z_H, z_L, logits (B, S, V), q_halt, q_continue), float64."""
     x = input_embeddings(state, inputs, puzzle_identifiers, arch)
     z_H, z_L = z_H.to(F64), z_L.to(F64)
     for _ in range(arch.H_cycles):

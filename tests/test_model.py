@@ -1,8 +1,8 @@
-"""The TRM model against independent computations from TRM_SPEC 2-5.
+"""The TRM model against independent computations from docs/paper.md.
 
 The inner recursion is compared with tests/reference_impl.py (float64, hand-written
 attention/RoPE/MLP-T); losses and metrics with numpy; the ACT wrapper with the rules of
-TRM_SPEC 4 replayed by hand. Tiny models only (hidden 32, seq 8): every test runs in well
+docs/paper.md#act-halting replayed by hand. Tiny models only (hidden 32, seq 8): every test runs in well
 under a second on a CPU.
 """
 
@@ -66,7 +66,7 @@ def close(actual, expected, tol=2e-5):
 
 
 # --------------------------------------------------------------------------------------------
-# inner forward (TRM_SPEC 3) against the naive reference
+# inner forward (docs/paper.md#recursion) against the naive reference
 # --------------------------------------------------------------------------------------------
 VARIANTS = [(mlp_t, pos) for mlp_t in (False, True) for pos in ("rope", "learned", "none")]
 
@@ -80,7 +80,7 @@ def test_deep_recursion_matches_reference(mlp_t, pos, puzzle_emb_ndim):
     P = arch.prefix_len
     assert inner.puzzle_emb_len == P == (2 if puzzle_emb_ndim else 0)
     if puzzle_emb_ndim == 0:
-        # Reference defect fixed (TRM_SPEC 3.2): no puzzle embedding -> no prefix positions.
+        # Reference defect fixed (docs/architectures.md): no puzzle embedding -> no prefix positions.
         assert not hasattr(inner, "puzzle_emb")
         if mlp_t:
             assert inner.L_level.layers[0].mlp_t.down_proj.weight.shape[0] == SEQ
@@ -190,7 +190,7 @@ def test_softmax_cross_entropy_against_log_softmax():
 
 
 # --------------------------------------------------------------------------------------------
-# initialisation (TRM_SPEC 2)
+# initialisation (docs/paper.md#initialisation)
 # --------------------------------------------------------------------------------------------
 def truncated_std_factor(bound=2.0, n=200001):
     """std of N(0,1) truncated to [-bound, bound], by numerical integration."""
@@ -264,7 +264,7 @@ def test_h_init_l_init_are_unit_std_truncated_normal_in_forward_dtype():
 
 
 # --------------------------------------------------------------------------------------------
-# ACT wrapper (TRM_SPEC 4)
+# ACT wrapper (docs/paper.md#act-halting)
 # --------------------------------------------------------------------------------------------
 def set_q_bias(model, halt, cont):
     with torch.no_grad():
@@ -406,7 +406,7 @@ def test_no_ACT_continue_false_halts_when_q_halt_beats_q_continue():
 
 
 # --------------------------------------------------------------------------------------------
-# loss head (TRM_SPEC 5)
+# loss head (docs/paper.md#losses-and-metrics)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("loss_type", ["stablemax_cross_entropy", "softmax_cross_entropy"])
 def test_loss_head_metrics_against_numpy(loss_type):

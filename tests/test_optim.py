@@ -1,4 +1,4 @@
-"""AdamATan2, puzzle-embedding sign-SGD and the lr schedule against hand computations (TRM_SPEC 6)."""
+"""AdamATan2, puzzle-embedding sign-SGD and the lr schedule against hand computations (docs/paper.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ BETA1, BETA2 = 0.9, 0.95
 # AdamATan2
 # --------------------------------------------------------------------------------------------
 def reference_adam_atan2(p, grads, lrs, wd, round_param=lambda x: x):
-    """TRM_SPEC 6 element by element in float64 Python math. grads[k] is None: no step at k.
+    """The AdamATan2 update element by element in float64 Python math. grads[k] is None: no step at k.
 
     Returns the final parameter values and the final (m, v) lists.
     """

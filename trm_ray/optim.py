@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedule of TRM (TRM_SPEC 6).
+"""Optimisers and learning-rate schedule of TRM (docs/paper.md#optimizers-and-schedule).
 
 - `AdamATan2`: the exact imoneoi/adam-atan2 update TRM was trained with, for the parameters.
 - `SparseSignSGD`: distributed sign-SGD on the rows of the puzzle-embedding table that the
@@ -167,7 +167,7 @@ class AdamATan2(torch.optim.Optimizer):
 
 def _fused_applies(params: list[torch.Tensor]) -> bool:
     # The kernel keeps moments in the parameter dtype; only fp32 parameters keep our fp32-moment
-    # guarantee, and TRM stores every parameter in fp32 anyway (TRM_SPEC 2).
+    # guarantee, and TRM stores every parameter in fp32 anyway (CastedLinear casts at use).
     device = params[0].device
     return all(p.is_cuda and p.device == device and p.dtype == torch.float32 for p in params)
 
@@ -313,7 +313,7 @@ def _adam_atan2_torch(
 # Sign-SGD on the puzzle-embedding table
 # --------------------------------------------------------------------------------------------
 class SparseSignSGD(torch.optim.Optimizer):
-    """Distributed sign-SGD on the puzzle-embedding rows looked up this step (TRM_SPEC 6).
+    """Distributed sign-SGD on the puzzle-embedding rows looked up this step (docs/paper.md#puzzle-embedding).
 
     `emb` is the puzzle-embedding module: `emb.weights` (num_ids, D) is the table (a persistent
     buffer), `emb.local_weights` (B, D) the rows this worker looked up, a buffer that requires
@@ -399,5 +399,5 @@ def cosine_schedule_lr(step: int, base_lr: float, warmup_steps: int, total_steps
 
 
 def total_train_steps(epochs: int, total_groups: int, mean_puzzle_examples: float, global_batch_size: int) -> int:
-    """Optimizer steps of a run (TRM_SPEC 6): examples seen over all epochs / global batch."""
+    """Optimizer steps of a run, as the reference counts them: examples over all epochs / global batch."""
     return int(epochs * total_groups * mean_puzzle_examples / global_batch_size)

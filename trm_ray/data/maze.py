@@ -1,4 +1,4 @@
-"""Maze: a generator of n x n mazes with a unique, long shortest path, and its checks (TRM_SPEC 7).
+"""Maze: a generator of n x n mazes with a unique, long shortest path, and its checks (Maze-Hard's format).
 
 Text form as in sapientinc/maze-30x30-hard-1k: '#' wall, ' ' open, 'S' start, 'G' goal;
 the label is the same grid with the cells of the shortest S-G path (S and G excluded)

@@ -1,4 +1,4 @@
-"""Sudoku: a plain solver, a unique-solution puzzle generator and the token encoding (TRM_SPEC 7).
+"""Sudoku: a plain solver, a unique-solution puzzle generator and the token encoding (blank 1, digit d -> d + 1).
 
 Boards are (n, n) uint8 arrays with 0 for blank. Boxes are r rows x c columns with
 r * c = n, r <= c and as close to square as possible (see box_shape): 9x9 has 3x3 boxes,

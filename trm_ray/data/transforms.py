@@ -1,4 +1,4 @@
-"""Pure, seeded puzzle transforms shared by the ARC, Sudoku and Maze builders (TRM_SPEC 7).
+"""Pure, seeded puzzle transforms shared by the ARC, Sudoku and Maze builders (docs/paper.md#augmentations).
 
 No Ray, no I/O: every function maps arrays to arrays, so it runs in a notebook and is
 unit-tested directly. Randomness always comes from an explicit `np.random.Generator`;
@@ -148,7 +148,7 @@ def random_arc_offset(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator
 
 def crop_arc_grids(tokens: np.ndarray) -> list[np.ndarray]:
     """Each (900,) token row -> its largest-area all-colour top-left rectangle, colours 0..9
-    (TRM_SPEC 9; the reference's `_crop`). The inverse of arc_encode_example at offset (0, 0),
+    (docs/paper.md#arc-voting; the reference's `_crop`). The inverse of arc_encode_example at offset (0, 0),
     and the crop the ARC evaluator applies to predictions.
 
     Row r of the rectangle can be at most as wide as the colour run starting each row above

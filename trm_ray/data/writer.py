@@ -1,4 +1,4 @@
-"""Ordered, streaming writer of the reference dataset layout (TRM_SPEC 7, trm_ray.data.layout).
+"""Ordered, streaming writer of the reference dataset layout (docs/formats.md, trm_ray.data.layout).
 
 Groups arrive in order, one at a time; their rows are appended to the .npy files as they
 come (the header is written first with a placeholder shape and rewritten in place at the

@@ -1,4 +1,4 @@
-"""Building blocks of the TRM network (TRM_SPEC 2-3): casted linear/embedding, RMSNorm,
+"""Building blocks of the TRM network (docs/paper.md#blocks): casted linear/embedding, RMSNorm,
 RoPE, attention, SwiGLU, and the post-norm block in its attention and MLP-T variants.
 
 Parameters are stored in fp32 and cast to the activation dtype at use, so a bf16 forward

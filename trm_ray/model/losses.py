@@ -1,4 +1,4 @@
-"""Token losses and the ACT loss head (TRM_SPEC 5)."""
+"""Token losses and the ACT loss head (docs/paper.md#losses-and-metrics)."""
 
 from __future__ import annotations
 

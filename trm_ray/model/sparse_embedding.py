@@ -1,4 +1,4 @@
-"""The puzzle-embedding table (TRM_SPEC 2, 6): a buffer, not a parameter, trained by sign-SGD.
+"""The puzzle-embedding table (docs/paper.md#puzzle-embedding): a buffer, not a parameter, trained by sign-SGD.
 
 Only the rows a batch touches change, and only by the sign of their summed gradient, so the
 table never goes through AdamATan2 nor the dense gradient all-reduce. In training the

@@ -1,4 +1,4 @@
-"""Tiny Recursive Model: the recursion (TRM_SPEC 3) and the ACT wrapper (TRM_SPEC 4).
+"""Tiny Recursive Model: the recursion and the ACT wrapper (docs/paper.md maps them to the paper).
 
 Paper symbols: answer y = z_H, latent z = z_L, T = H_cycles, n = L_cycles,
 N_sup = halt_max_steps. One call of `ACTModel.act_step` is one deep-supervision step for the
