@@ -11,11 +11,9 @@ nothing is printed: the sweep driver prints one line per trial event instead.
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import sys
-import threading
 import time
 from typing import Callable, Mapping, Optional
 
@@ -74,7 +72,6 @@ class Progress:
     def __init__(self, total_steps: int, start_step: int, enabled: bool, every_s: float = 10.0, *,
                  samples_per_step: Optional[int] = None, clock: Callable[[], float] = time.perf_counter,
                  out: Optional[Callable[[str], None]] = None):
-        _exit_quietly_if_interrupted()
         self.enabled = enabled and not in_sweep_trial()
         self.every_s, self.total, self.samples_per_step = every_s, total_steps, samples_per_step
         self.clock, self.out = clock, out
@@ -148,45 +145,3 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-_training_threads: list[threading.Thread] = []
-
-
-def _exit_quietly_if_interrupted() -> None:
-    """Called where training starts (in Ray Train: the worker's training thread, a daemon one).
-
-    When a worker process is told to exit mid-run (Tune stops a trial: its Train controller
-    dies, and with it the workers it owns), Python finalizes while the training thread is still
-    inside torch. Python 3.11-3.13 end such a daemon thread with pthread_exit when it next takes
-    the GIL; the unwind hits a C++ frame of torch that cannot unwind (noexcept), std::terminate
-    aborts the process and Ray prints a ~100-line C++ and Python stack for an ordinary stop.
-    This exit handler (run before Python finalizes, after the non-daemon threads are joined)
-    ends such a process at once, after flushing its output, so the thread is never unwound.
-    A run whose training thread has returned finalizes as usual."""
-    thread = threading.current_thread()
-    if thread is threading.main_thread() or not thread.daemon or thread in _training_threads:
-        return
-    if not _in_ray_worker():  # a test or script's own thread: its exit status must stand
-        return
-    if not _training_threads:
-        atexit.register(_end_if_training)
-    _training_threads.append(thread)
-
-
-def _in_ray_worker() -> bool:
-    ray = sys.modules.get("ray")
-    try:
-        return ray is not None and ray._private.worker.global_worker.mode == ray.WORKER_MODE
-    except AttributeError:
-        return False
-
-
-def _end_if_training() -> None:
-    if any(thread.is_alive() for thread in _training_threads):
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try:
-                stream.flush()
-            except Exception:  # a closed or replaced stream: nothing left to flush there
-                pass
-        os._exit(0)

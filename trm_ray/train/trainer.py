@@ -18,16 +18,18 @@ and metrics then live only there (trm_ray.storage), and every question about the
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, to_yaml
 from trm_ray.data.layout import METADATA_FILE, DatasetError, has_test_split, load_metadata
-from trm_ray.storage import is_uri
 from trm_ray.run_folder import (
     CONFIG_FILE,
     EVAL_METRIC,
@@ -40,6 +42,7 @@ from trm_ray.run_folder import (
     run_started,
     summarize,
 )
+from trm_ray.storage import is_uri
 from trm_ray.train.loop import FAULT_ENV, build_evaluators, train
 
 # Environment variables the workers get from the driver (dataset cache, test hooks).
@@ -193,12 +196,45 @@ def _quiet_report_logging() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+_TRAINING_THREADS: list[threading.Thread] = []
+
+
+def _exit_quietly_if_interrupted() -> None:
+    """Called where a Ray Train worker starts training, in its training thread (a daemon one).
+
+    When a worker process is told to exit mid-run (Tune stops a trial: its Train controller
+    dies, and with it the workers it owns), Python finalizes while the training thread is still
+    inside torch. Python 3.11-3.13 end such a daemon thread with pthread_exit when it next takes
+    the GIL; the unwind hits a C++ frame of torch that cannot unwind (noexcept), std::terminate
+    aborts the process and Ray prints a ~100-line C++ and Python stack for an ordinary stop.
+    This exit handler (run before Python finalizes, after the non-daemon threads are joined)
+    ends such a process at once, after flushing its output, so the thread is never unwound.
+    A run whose training thread has returned finalizes as usual."""
+    thread = threading.current_thread()
+    if thread is threading.main_thread() or not thread.daemon or thread in _TRAINING_THREADS:
+        return
+    if not _TRAINING_THREADS:
+        atexit.register(_end_if_training)
+    _TRAINING_THREADS.append(thread)
+
+
+def _end_if_training() -> None:
+    if any(thread.is_alive() for thread in _TRAINING_THREADS):
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:  # a closed or replaced stream: nothing left to flush there
+                pass
+        os._exit(0)
+
+
 def worker_loop(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: set threads and device, then the plain loop."""
     import ray.train
     import torch
 
     config = TrainConfig.model_validate(loop_config["config"])
+    _exit_quietly_if_interrupted()
     _quiet_report_logging()
     torch.set_num_threads(loop_config["threads_per_worker"])
     device = None
