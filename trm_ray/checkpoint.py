@@ -272,8 +272,10 @@ def check_architecture(state: Mapping[str, torch.Tensor], arch_name: str, source
 
 def _dataset_num_identifiers(config: dict[str, Any]) -> int | None:
     """num_puzzle_identifiers of the config's datasets, when they exist on this machine."""
+    from trm_ray.data.layout import metadata_path
+
     for data_path in config.get("data_paths") or []:
-        meta = Path(str(data_path)) / "train" / "dataset.json"
+        meta = metadata_path(str(data_path), "train")
         if meta.is_file():
             return int(yaml.safe_load(meta.read_text())["num_puzzle_identifiers"])
     return None

@@ -66,9 +66,6 @@ SUMMARY_OPS = {
     "train/lm_loss": ("min", "last"),
 }
 BEST_OPS = ("max", "last")
-# What a "model" artifact holds: the reference-format weights and config (train_state.pt,
-# the optimizer state for resuming, stays in the run folder).
-ARTIFACT_FILES = ("model.pt", "all_config.yaml")
 MAX_TAG_LENGTH = 64  # W&B refuses longer tags
 EVAL_TABLE_KEY = "eval/sets"
 EVAL_TABLE_COLUMNS = ("count", "exact_accuracy", "exact_accuracy_low", "exact_accuracy_high", "accuracy",
@@ -352,17 +349,21 @@ class WandbTracker:
         import wandb
 
         from trm_ray import storage
+        from trm_ray.checkpoint import CONFIG_FILE, MODEL_FILE
 
+        # The reference-format weights and config (train_state.pt, the optimizer state for
+        # resuming, stays in the run folder).
+        artifact_files = (MODEL_FILE, CONFIG_FILE)
         metadata: dict[str, Any] = {STEP_METRIC: step}
         if math.isfinite(score):
             metadata["eval/exact_accuracy"] = score
         artifact = wandb.Artifact(self.artifact_name, type="model", metadata=metadata)
         try:
             if location is not None and is_uri(location):
-                for name in ARTIFACT_FILES:
+                for name in artifact_files:
                     artifact.add_reference(storage.join(location, name), name=name, checksum=False)
             else:
-                for name in ARTIFACT_FILES:
+                for name in artifact_files:
                     if (Path(folder) / name).is_file():
                         artifact.add_file(str(Path(folder) / name), name=name)
             self.run.log_artifact(artifact, aliases=aliases)

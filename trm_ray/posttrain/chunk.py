@@ -296,6 +296,7 @@ def chunk_config(saved: Mapping[str, Any], arch: Any, *, data_dir: str, base_dir
     batch = int(data.get("global_batch_size", TrainConfig.model_fields["global_batch_size"].default))
     epochs = int(budget["epochs"]) if budget.get("epochs") else epochs_for(int(budget["steps"]), meta, batch)
     interval = checkpoint_interval(epochs)
+    from trm_ray.checkpoint import MODEL_FILE
     from trm_ray.optim import total_train_steps
 
     steps = total_train_steps(epochs, meta.total_groups, meta.mean_puzzle_examples, batch)
@@ -308,7 +309,7 @@ def chunk_config(saved: Mapping[str, Any], arch: Any, *, data_dir: str, base_dir
     data.update(
         arch=arch.model_dump(mode="json"), data_paths=[data_dir], epochs=epochs, eval_interval=interval,
         min_eval_interval=epochs // interval,  # never evaluate inside the run
-        load_checkpoint=storage.join(base_dir, "model.pt"), run_name=run_name, evaluators=[],
+        load_checkpoint=storage.join(base_dir, MODEL_FILE), run_name=run_name, evaluators=[],
         ray={"num_workers": workers, "use_gpu": use_gpu, "resources_per_worker": dict(resources),
              "storage_path": storage_path, "max_failures": max_failures},
         checkpoint={"num_to_keep": 2, "every_eval": True}, tracking=dict(tracking),
