@@ -208,19 +208,14 @@ def test_evaluators_see_only_real_rows_and_are_reset():
 
 
 def _distributed_worker(rank, world_size, dataset, init_file, result_dir):
-    import torch.distributed as dist
+    from gloo_util import gloo_rank
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
+    with gloo_rank(rank, world_size, init_file):
         model = trm_ray.load_checkpoint(Path(result_dir) / "ckpt")
         loader = PuzzleLoader([dataset], "test", global_batch_size=4, rank=rank, world_size=world_size)
         arc = ARCEvaluator(dataset, pass_Ks=(1, 2))
         metrics = evaluate(model, loader, [arc])
         (Path(result_dir) / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "submission": arc.submission()}))
-        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distributed_ranks_all_get_the_single_process_metrics(tmp_path, arc_setup):

@@ -8,11 +8,9 @@ import os
 import sys
 import types
 import warnings
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trm_ray import optim
@@ -440,11 +438,9 @@ def test_sign_sgd_state_dict_and_validation():
 
 
 def _sign_sgd_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
-    )
-    try:
+    from gloo_util import gloo_rank
+
+    with gloo_rank(rank, world_size, init_file):
         local = len(IDS) // world_size
         rows = slice(rank * local, (rank + 1) * local)
         emb = PuzzleTable(torch.tensor(TABLE), batch_size=local)
@@ -452,9 +448,6 @@ def _sign_sgd_worker(rank: int, world_size: int, init_file: str, out_dir: str) -
         emb.look_up(torch.tensor(IDS[rows], dtype=torch.int32), torch.tensor(GRADS[rows]))
         opt.step()
         torch.save(emb.weights, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_sign_sgd_two_gloo_workers_equal_one_worker_with_the_whole_batch(tmp_path):
