@@ -27,7 +27,7 @@ from trm_ray.cli import one_line
 
 from trm_ray.config import ConfigError
 
-SAVABLE = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits")
+from trm_ray.eval.outputs import SAVABLE_OUTPUTS
 LIST_OPTIONS = ("--save-outputs", "--eval-save-outputs")
 
 # Flags of the alphaXiv fork's scripts/run_eval_only.py that trm-ray has no use for: flag ->
@@ -111,7 +111,7 @@ def _fork_only_options(command: Any) -> Any:
 @click.option("--one-batch", is_flag=True, help="Only the first batch of each set (smoke test; ARC pass@K counts unreached puzzles as unsolved).")
 @click.option("--outdir", type=click.Path(file_okay=False), help="Where metrics.json, submission.json, outputs.npz go, a folder or a URI (default: eval-<checkpoint name>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --outdir.")
-@click.option("--save-outputs", "--eval-save-outputs", "save_outputs", default="", help=f"Arrays to save in outputs.npz, space or comma separated: {', '.join(SAVABLE)}.")
+@click.option("--save-outputs", "--eval-save-outputs", "save_outputs", default="", help=f"Arrays to save in outputs.npz, space or comma separated: {', '.join(SAVABLE_OUTPUTS)}.")
 @click.option("--num-workers", type=int, default=1, show_default=True, help="Ray Data inference actors; 0 runs in this process without Ray.")
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass, per worker.")

@@ -4,23 +4,28 @@ voting evaluator and its submission, eval-only runs of any checkpoint.
     from trm_ray.eval import evaluate, wilson_interval, ARCEvaluator, evaluate_checkpoint
     metrics = evaluate(model, test_loader, evaluators=[ARCEvaluator("data/arc1concept-aug-1000")])
     run = evaluate_checkpoint("step_50000", "data/arc1concept-aug-1000")   # notebook, no Ray
+
+The names below are imported on first use, so that a light module of this package (the
+--outdir format in outputs.py, which the command line reads for its help) does not pull in torch.
 """
 
-from trm_ray.eval.arc import ARCEvaluator, build_evaluators, crop_arc_grid, crop_arc_grids
-from trm_ray.eval.core import (
-    EVAL_PREFIX,
-    EvalAccumulator,
-    Evaluator,
-    evaluate,
-    metrics_from_sums,
-    wilson_interval,
-)
-from trm_ray.eval.outputs import write_outputs
-from trm_ray.eval.run import EvalRun, evaluate_checkpoint
-from trm_ray.eval.table import format_metrics
+import importlib
+from typing import Any
 
-__all__ = [
-    "ARCEvaluator", "EVAL_PREFIX", "EvalAccumulator", "EvalRun", "Evaluator", "build_evaluators",
-    "crop_arc_grid", "crop_arc_grids", "evaluate", "evaluate_checkpoint", "format_metrics",
-    "metrics_from_sums", "wilson_interval", "write_outputs",
-]
+_HOMES = {
+    "ARCEvaluator": "arc", "build_evaluators": "arc", "crop_arc_grid": "arc", "crop_arc_grids": "arc",
+    "EVAL_PREFIX": "core", "EvalAccumulator": "core", "Evaluator": "core", "evaluate": "core",
+    "metrics_from_sums": "core", "wilson_interval": "core",
+    "write_outputs": "outputs",
+    "EvalRun": "run", "evaluate_checkpoint": "run",
+    "format_metrics": "table",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'trm_ray.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"trm_ray.eval.{home}"), name)

@@ -19,10 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
-
 from trm_ray import storage
-from trm_ray.eval.png import render_predictions_png
 
 if TYPE_CHECKING:
     from trm_ray.eval.run import EvalRun
@@ -60,6 +57,8 @@ def write_outputs(run: "EvalRun", outdir: str | os.PathLike, overwrite: bool = F
         if run.submission is not None:
             (staging / SUBMISSION_FILE).write_text(json.dumps(run.submission))
         if run.outputs:
+            import numpy as np
+
             np.savez(staging / OUTPUTS_FILE,
                      **{output_key(s, k): v for s, arrays in run.outputs.items() for k, v in arrays.items()})
         if png is not None:
@@ -67,6 +66,8 @@ def write_outputs(run: "EvalRun", outdir: str | os.PathLike, overwrite: bool = F
             png.parent.mkdir(parents=True, exist_ok=True)
             # ends in .png: the figure's format is taken from the name
             png_tmp = png.parent / f".{png.stem}.tmp-{uuid.uuid4().hex[:8]}.png"
+            from trm_ray.eval.png import render_predictions_png
+
             render_predictions_png(run.examples, png_tmp)
         if outdir.exists():
             shutil.rmtree(outdir)
