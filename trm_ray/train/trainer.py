@@ -171,6 +171,7 @@ class RaySession:
         would wait for the pending upload."""
         import ray.train
 
+        _exit_quietly_if_interrupted()  # after the tracker's own exit handler (see there)
         checkpoint = None
         if checkpoint_dir is not None:
             if self.async_upload:
@@ -209,13 +210,18 @@ def _exit_quietly_if_interrupted() -> None:
     aborts the process and Ray prints a ~100-line C++ and Python stack for an ordinary stop.
     This exit handler (run before Python finalizes, after the non-daemon threads are joined)
     ends such a process at once, after flushing its output, so the thread is never unwound.
-    A run whose training thread has returned finalizes as usual."""
+    A run whose training thread has returned finalizes as usual.
+
+    Called again at every report: atexit runs the last registered handler first, and this one
+    must come before W&B's own teardown (registered when rank 0's tracker starts), which fails
+    with a traceback once the process is told to exit mid-run and W&B's service is gone."""
     thread = threading.current_thread()
-    if thread is threading.main_thread() or not thread.daemon or thread in _TRAINING_THREADS:
+    if thread is threading.main_thread() or not thread.daemon:
         return
-    if not _TRAINING_THREADS:
-        atexit.register(_end_if_training)
-    _TRAINING_THREADS.append(thread)
+    if thread not in _TRAINING_THREADS:
+        _TRAINING_THREADS.append(thread)
+    atexit.unregister(_end_if_training)
+    atexit.register(_end_if_training)
 
 
 def _end_if_training() -> None:
