@@ -81,6 +81,8 @@ class ArchConfig(_Strict):
     halt_exploration_prob: float = Field(0.1, ge=0, le=1, description="Probability of a random minimum halt step.")
     no_ACT_continue: bool = Field(True, description="Halt on sigmoid(q_halt) > 0.5 alone (no continue target).")
     mlp_t: bool = Field(False, description="MLP over the sequence axis instead of self-attention (TRM-MLP).")
+    causal: bool = Field(False, description="Causal self-attention: a position sees itself and earlier ones only "
+                         "(text datasets need it; puzzles attend both ways).")
     act_enabled: bool = Field(True, description="transformers_baseline: learned halting in training.")
     act_inference: bool = Field(False, description="transformers_baseline: learned halting in evaluation too.")
     compute_target_q: bool = Field(
@@ -114,6 +116,9 @@ class ArchConfig(_Strict):
         if self.name == "trm_hier6" and self.L_cycles > HIER6_SLOTS:
             raise ValueError(f"arch.L_cycles={self.L_cycles}: trm_hier6 has {HIER6_SLOTS} latent slots, one written "
                              f"per latent update; use L_cycles <= {HIER6_SLOTS}")
+        if self.causal and self.mlp_t:
+            raise ValueError("arch.causal=true with arch.mlp_t=true: the MLP over the sequence axis mixes every "
+                             "position into every other; use attention (arch.mlp_t=false) for a causal model")
         if self.name == "transformers_baseline" and self.pos_encodings == "none":
             raise ValueError("arch.pos_encodings=none: transformers_baseline needs rope or learned positions")
         return self
@@ -180,7 +185,10 @@ class CheckpointConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    wandb: bool = Field(True, description="Record to W&B (offline files when there are no credentials).")
+    backend: Literal["wandb", "trackio", "none"] = Field(
+        "wandb", description="Where runs are recorded: W&B, Trackio (local files, offline by default) or nowhere.")
+    wandb: bool = Field(True, description="Record to W&B (offline files when there are no credentials); false "
+                        "records nothing, as tracking.backend=none.")
     project: Optional[str] = Field(None, description="W&B project; None derives it from the dataset name.")
     group: Optional[str] = Field(None, description="W&B group (a sweep sets it).")
     mode: Optional[Literal["online", "offline", "disabled"]] = Field(

@@ -153,11 +153,13 @@ def _rotate_into(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, sign: int) -
 
 
 class Attention(nn.Module):
-    """Non-causal multi-head self-attention; one qkv projection laid out [q heads | k heads | v heads]."""
+    """Multi-head self-attention; one qkv projection laid out [q heads | k heads | v heads].
+    Puzzles attend both ways; a causal one (text) lets position i see positions <= i only."""
 
-    def __init__(self, hidden_size: int, num_heads: int):
+    def __init__(self, hidden_size: int, num_heads: int, causal: bool = False):
         super().__init__()
         self.num_heads = num_heads
+        self.causal = causal
         # Each head is hidden_size // num_heads wide, as in the reference, even when that does
         # not divide: the heads then span fewer than hidden_size channels (o_proj maps them back).
         self.head_dim = hidden_size // num_heads
@@ -171,7 +173,8 @@ class Attention(nn.Module):
         if cos_sin is not None:
             q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         # SDPA wants (B, heads, S, head_dim)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=False)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=self.causal)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
 
 
@@ -232,13 +235,13 @@ class Block(nn.Module):
     then a channel SwiGLU, each as h = rms_norm(h + f(h))."""
 
     def __init__(self, hidden_size: int, num_heads: int, expansion: float, rms_norm_eps: float,
-                 mlp_t_width: int | None):
+                 mlp_t_width: int | None, causal: bool = False):
         super().__init__()
         self.norm_eps = rms_norm_eps
         if mlp_t_width is not None:
             self.mlp_t = SwiGLU(mlp_t_width, expansion)  # width = S + P
         else:
-            self.self_attn = Attention(hidden_size, num_heads)
+            self.self_attn = Attention(hidden_size, num_heads, causal)
         self.mlp = SwiGLU(hidden_size, expansion)
 
     def forward(self, h: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

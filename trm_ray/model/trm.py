@@ -90,7 +90,8 @@ class RecursiveNet(nn.Module):
         arch = self.arch
         mlp_t = arch.mlp_t if mlp_t is None else mlp_t
         return ReasoningModule([
-            Block(arch.hidden_size, arch.num_heads, arch.expansion, arch.rms_norm_eps, self.total_len if mlp_t else None)
+            Block(arch.hidden_size, arch.num_heads, arch.expansion, arch.rms_norm_eps, self.total_len if mlp_t else None,
+                  causal=arch.causal)
             for _ in range(num_layers)
         ])
 
@@ -145,7 +146,9 @@ class RecursiveNet(nn.Module):
         states = self.recursion(carry, x, cos_sin)
         out = states[self.OUTPUT_STATE]
         logits = self.lm_head(out)[:, self.puzzle_emb_len:]  # (B, S, V)
-        q_logits = self.q_head(out[:, 0]).to(torch.float32)  # (B, 2)
+        # The halting head reads the first position, which sees the whole sequence, except under
+        # a causal mask: there only the last position does.
+        q_logits = self.q_head(out[:, -1 if self.arch.causal else 0]).to(torch.float32)  # (B, 2)
         return {k: v.detach() for k, v in states.items()}, logits, (q_logits[..., 0], q_logits[..., 1])
 
 
