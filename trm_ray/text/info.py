@@ -112,3 +112,25 @@ def tokenizer_info(tokenizer: TextTokenizer) -> TokenizerInfo:
 
 __all__ = ["TEXT_INFO_FILE", "TOKENIZER_FILE", "TextInfo", "TokenizerInfo", "is_text_dataset", "load_text_info",
            "load_tokenizer", "tokenizer_info"]
+
+
+def check_text_task(config) -> None:
+    """A run on text datasets needs a causal model and one tokenizer; a TrainConfig whose
+    datasets are all puzzles passes untouched. Raises ConfigError (one line)."""
+    from trm_ray.config import ConfigError
+
+    paths = list(dict.fromkeys([*config.data_paths, *config.eval_paths]))
+    text = {path: load_text_info(path) for path in paths if is_text_dataset(path)}
+    if not text:
+        return
+    if len(text) < len(paths):
+        puzzles = next(p for p in paths if p not in text)
+        raise ConfigError(f"data paths mix text datasets ({next(iter(text))}) with a puzzle dataset ({puzzles}); "
+                          f"train on one kind")
+    digests = {info.tokenizer.sha256 for info in text.values()}
+    if len(digests) > 1:
+        raise ConfigError(f"the text datasets {', '.join(text)} were built with different tokenizers; build them "
+                          f"with one (the same --tokenizer on the same corpus, or byte)")
+    if not config.arch.causal:
+        raise ConfigError(f"{next(iter(text))} is a text dataset: its labels are the next tokens, which a model "
+                          f"without a causal mask can see; set arch.causal=true")

@@ -127,6 +127,9 @@ def check_inputs(config: TrainConfig) -> TrainConfig:
             _check_remote_dataset(path, "test")
         else:
             load_metadata(path, "test")
+    from trm_ray.text.info import check_text_task
+
+    check_text_task(config)  # a text dataset needs arch.causal and one tokenizer
     if config.evaluators and has_test_split(config.eval_paths):
         build_evaluators(config)  # unknown evaluator names fail here, not in the workers
     if not any(is_uri(p) for p in config.data_paths):
