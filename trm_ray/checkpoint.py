@@ -17,6 +17,8 @@ holds
     train_state.pt               what a resumed run needs to continue the same curve: live weights,
                                  EMA shadow, both optimizers, step, loader position, config,
                                  dataset fingerprint (write_checkpoint / restore_checkpoint)
+    tokenizer.json + text.json   a text run's only (its dataset's files, trm_ray.text.info): what
+                                 `trm-ray generate` needs besides the weights
 
 Checkpoints are data, never code: `torch.load(weights_only=True)` only.
 """
@@ -420,6 +422,28 @@ def write_checkpoint(folder: Path, state: TrainState, config: TrainConfig, shape
         "dataset_fingerprint": fingerprint,
     }
     torch.save(blob, Path(folder) / TRAIN_STATE_FILE)
+    copy_text_files(Path(folder), config)
+
+
+def copy_text_files(folder: Path, config: TrainConfig) -> None:
+    """A text run (its first dataset has text.json) keeps that dataset's text.json and
+    tokenizer.json in every checkpoint folder, so that the checkpoint alone can generate text
+    (`trm-ray generate`) wherever it is copied; other runs' folders are left as they are."""
+    from trm_ray.text.info import is_text_dataset, load_text_info
+    from trm_ray.text.tokenizer import TEXT_INFO_FILE
+
+    if not config.data_paths or not is_text_dataset(config.data_paths[0]):
+        return
+    dataset = config.data_paths[0]
+    try:
+        names = (load_text_info(dataset).tokenizer.file, TEXT_INFO_FILE)
+        files = {name: storage.read_bytes(storage.join(dataset, name)) for name in names}
+    except (ValueError, OSError) as error:  # the weights are still worth keeping: say so and go on
+        print(f"trm-ray: this checkpoint gets no tokenizer ({first_line(error)}); `trm-ray generate` will read "
+              f"the dataset's", file=sys.stderr)
+        return
+    for name, data in files.items():
+        atomic_write(folder / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
 
 
 def restore_checkpoint(folder: Path, state: TrainState, loader: Any, fingerprint: str) -> None:

@@ -18,6 +18,7 @@ COMMANDS = [
     ("trm_ray.cli.data", "data"),
     ("trm_ray.cli.train", "train"),
     ("trm_ray.cli.eval", "eval"),
+    ("trm_ray.cli.generate", "generate"),
     ("trm_ray.cli.hub", "hub"),
     ("trm_ray.cli.sweep", "sweep"),
     ("trm_ray.cli.sweep", "compare"),

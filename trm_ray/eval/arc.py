@@ -40,6 +40,8 @@ from trm_ray.data.transforms import arc_decode_grid, crop_arc_grids, grid_hash, 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
 METRIC_PREFIX = "ARC"
 PLACEHOLDER_GRID = [[0]]
+# The `name`s of a recipe's `evaluators:` entries (build_evaluators).
+KNOWN_EVALUATORS = ("arc", "text")
 
 
 # The crop lives with the ARC encoding it inverts; exported here under the evaluator's names.
@@ -195,15 +197,22 @@ def _np(value: Any) -> np.ndarray:
 def build_evaluators(specs: Sequence[Mapping[str, Any]], data_paths: Sequence[str]) -> list[Any]:
     """Evaluators from a recipe's `evaluators:` list, e.g. [{name: arc, submission_K: 2}].
 
-    `name` is "arc" (or the reference's "arc@ARC"); the dataset is the first of data_paths."""
+    `name` is "arc" (or the reference's "arc@ARC") or "text" (trm_ray.text.evaluate, e.g.
+    {name: text, prompts: [...], temperature: 0.8}); the dataset is the first of data_paths."""
     evaluators = []
     for spec in specs:
         spec = dict(spec)
         name = str(spec.pop("name", "")).lower().split("@")[0]
-        if name != "arc":
-            raise ValueError(f"evaluators: unknown evaluator {name!r}; the only one is 'arc'")
+        if name not in KNOWN_EVALUATORS:
+            raise ValueError(f"evaluators: unknown evaluator {name!r}; the known ones are "
+                             f"{', '.join(repr(n) for n in KNOWN_EVALUATORS)}")
         if not data_paths:
-            raise ValueError("evaluators: the ARC evaluator needs a dataset (data_paths_test or data_paths)")
+            raise ValueError(f"evaluators: the {name} evaluator needs a dataset (data_paths_test or data_paths)")
+        if name == "text":
+            from trm_ray.text.evaluate import TextEvaluator
+
+            evaluators.append(TextEvaluator(data_paths[0], **spec))
+            continue
         spec.pop("aggregated_voting", None)  # reference option; votes never carry over here
         evaluators.append(ARCEvaluator(data_paths[0], **spec))
     return evaluators

@@ -34,8 +34,10 @@ from trm_ray.model import IGNORE_LABEL_ID
 EVAL_PREFIX = "eval"
 # Summed per set, divided by count at the end (the loss head's metrics, "steps" included).
 SUMMED = ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps")
-# Model outputs every evaluator may read (numpy, real rows only).
-EVALUATOR_OUTPUTS = ("preds", "q_halt_logits", "q_continue_logits")
+# Model outputs every evaluator may read (numpy, real rows only). label_nll: each row's sum over
+# its label positions of -log p(label) under the model's own loss distribution (float64);
+# label_count: its number of label positions (what trm_ray.text.evaluate scores text with).
+EVALUATOR_OUTPUTS = ("preds", "q_halt_logits", "q_continue_logits", "label_nll", "label_count")
 # What a prediction carries per row: the above, plus each row's steps where the model halts
 # early in evaluation (absent otherwise).
 ROW_OUTPUTS = EVALUATOR_OUTPUTS + ("actual_steps",)
@@ -70,7 +72,8 @@ class Evaluator(Protocol):
 
     reset()                  forget everything (evaluate() calls it first, so each eval stands alone)
     update(batch, outputs)   numpy, real rows only: batch "inputs", "labels", "puzzle_identifiers";
-                             outputs "preds", "q_halt_logits", "q_continue_logits"
+                             outputs "preds", "q_halt_logits", "q_continue_logits", "label_nll",
+                             "label_count" (EVALUATOR_OUTPUTS)
     state() / merge(states)  a picklable local state; merge replaces the local state by the
                              union of `states` (one per worker, this one's included)
     result()                 {metric name: float} over everything seen (after merge: all workers)
@@ -224,10 +227,45 @@ def predict_real_rows(model: torch.nn.Module, batch: Mapping[str, Any], num_real
                for k, v in batch.items() if k in ("inputs", "labels", "puzzle_identifiers")}
     outputs = predict(model, tensors)
     real = slice(0, num_real_rows)
+    labels = tensors["labels"][real] if "labels" in tensors else None
+    if labels is not None:
+        outputs["label_nll"], outputs["label_count"] = label_nll(outputs["logits"][real], labels,
+                                                                 _loss_type(model))
     batch_np = {k: _numpy(v)[real] for k, v in tensors.items()}
-    outputs_np = {k: _numpy(outputs[k])[real] for k in ROW_OUTPUTS if k in outputs}
+    outputs_np = {k: _numpy(outputs[k])[:num_real_rows] for k in ROW_OUTPUTS if k in outputs}
     outputs_np["preds"] = outputs_np["preds"].astype(np.int32)
     return batch_np, outputs_np
+
+
+def _loss_type(model: torch.nn.Module) -> str:
+    return str(unwrap(model).model.arch.loss_type)
+
+
+# float64 elements of one chunk of label_nll's log-normaliser: bounds its temporary memory
+# (a text batch's logits are rows x positions x vocabulary).
+NLL_CHUNK_ELEMENTS = 1 << 24
+
+
+def label_nll(logits: torch.Tensor, labels: torch.Tensor, loss_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum over label positions (labels != IGNORE_LABEL_ID) of -log p(label), p the
+    distribution the model is trained on (log_softmax for softmax_cross_entropy, log_stablemax
+    for stablemax_cross_entropy) in float64, and the number of those positions (int64)."""
+    from trm_ray.model import log_stablemax
+
+    mask = labels != IGNORE_LABEL_ID
+    safe = torch.where(mask, labels, 0).to(torch.long).unsqueeze(-1)
+    rows_per_chunk = max(1, NLL_CHUNK_ELEMENTS // max(1, logits[0].numel()))
+    sums = []
+    for start in range(0, logits.shape[0], rows_per_chunk):
+        part = logits[start:start + rows_per_chunk].to(torch.float64)
+        if loss_type == "stablemax_cross_entropy":
+            logp = log_stablemax(part, dim=-1)
+        else:
+            logp = torch.log_softmax(part, dim=-1)
+        picked = torch.gather(logp, -1, safe[start:start + rows_per_chunk]).squeeze(-1)
+        sums.append(-torch.where(mask[start:start + rows_per_chunk], picked, 0.0).sum(-1))
+    nll = torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64, device=logits.device)
+    return nll, mask.sum(-1).to(torch.int64)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ What it does, as the reference's pretrain.py:
     for iteration in range(epochs // eval_interval):
         for batch in loader: train_step(state, batch)           report train metrics now and then
         evaluate (EMA weights when ema=true), unless iteration < min_eval_interval
+        (a text evaluator's prompts: continuations logged by rank 0)
         checkpoint + report                                      every rank reports (a barrier)
 
 A runner (trm_ray.train.session.Session) supplies where to resume from, how to report metrics
@@ -91,6 +92,7 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
             if data.test is not None and iteration >= config.min_eval_interval:
                 report.update(evaluate_averaged(state, data, device))
                 reports.evaluated(state.step, report)
+                log_continuations(state, data, reports, rank)
             elif data.test is not None:
                 report[EVAL_METRIC] = NO_EVAL_SCORE
             every_eval = (config.checkpoint_every_eval if config.checkpoint_every_eval is not None
@@ -130,6 +132,39 @@ def evaluate_averaged(state: TrainState, data: TrainData, device: torch.device) 
         metrics = evaluate(module, data.test, data.evaluators, device=device)
     state.model.train()
     return metrics
+
+
+def log_continuations(state: TrainState, data: TrainData, reports: Reports, rank: int) -> None:
+    """Rank 0, after an evaluation: the greedy and sampled continuations of the text evaluators'
+    prompts by the weights just evaluated (EMA ones with ema=true), as a tracker table
+    ("text/continuations"), lines of <run_dir>/continuations.jsonl and one console line each."""
+    generators = [e for e in data.evaluators if hasattr(e, "continuations")]
+    if rank != 0 or not generators:
+        return
+    from trm_ray import jsonl, storage
+    from trm_ray.text.evaluate import CONTINUATIONS_FILE, CONTINUATIONS_TABLE
+    from trm_ray.text.generate import CONTINUATION_COLUMNS
+
+    with state.averaged_weights() as module:
+        rows = [row for evaluator in generators for row in evaluator.continuations(module)]
+    state.model.train()
+    if not rows:
+        return
+    step = state.step
+    log_table = getattr(reports.tracker, "log_table", None)
+    if log_table is not None:
+        log_table(CONTINUATIONS_TABLE, ["step", *CONTINUATION_COLUMNS],
+                  [[step, *(row[c] for c in CONTINUATION_COLUMNS)] for row in rows], step)
+    if reports.session.run_dir is not None:
+        for row in rows:
+            jsonl.append(storage.join(reports.session.run_dir, CONTINUATIONS_FILE), {"step": step, **row})
+    for row in rows:
+        reports.progress.message(f"trm-ray: step {step}: {_clip(row['prompt'], 30)} -> {_clip(row['greedy'], 60)}")
+
+
+def _clip(text: str, width: int) -> str:
+    """A short one-line repr of generated text for the console."""
+    return repr(text if len(text) <= width else text[:width - 3] + "...")
 
 
 def checkpoint_and_report(report: dict[str, float], state: TrainState, config: TrainConfig, data: TrainData,
