@@ -186,19 +186,36 @@ class CheckpointConfig(_Strict):
 
 class TrackingConfig(_Strict):
     backend: Literal["wandb", "trackio", "none"] = Field(
-        "wandb", description="Where runs are recorded: W&B, Trackio (local files, offline by default) or nowhere.")
+        "wandb", description="Where runs are recorded: W&B, Trackio (local files under TRACKIO_DIR; "
+        "`trackio show` opens them) or nowhere.")
     wandb: bool = Field(True, description="Record to W&B (offline files when there are no credentials); false "
-                        "records nothing, as tracking.backend=none.")
-    project: Optional[str] = Field(None, description="W&B project; None derives it from the dataset name.")
-    group: Optional[str] = Field(None, description="W&B group (a sweep sets it).")
+                        "records nothing, as tracking.backend=none, whatever the backend.")
+    project: Optional[str] = Field(None, description="W&B or Trackio project; None derives it from the dataset name.")
+    group: Optional[str] = Field(None, description="W&B or Trackio group (a sweep sets it).")
     mode: Optional[Literal["online", "offline", "disabled"]] = Field(
-        None, description="W&B mode; None: online with credentials, offline without."
+        None, description="W&B mode; None: online with credentials, offline without. W&B only: an error with "
+        "tracking.backend=trackio."
     )
-    tags: list[str] = Field(default_factory=list, description="Extra W&B tags (dataset, arch and sweep are added).")
+    tags: list[str] = Field(default_factory=list, description="Extra tags (dataset, arch and sweep are added); "
+                            "Trackio keeps them in the run's config.")
     log_checkpoints: Literal["best", "all", "none"] = Field(
         "none", description="Log checkpoints as W&B artifacts: the best one, every one, or none (a reference "
-        "artifact pointing at the storage URI when the run folder is on object storage)."
+        "artifact pointing at the storage URI when the run folder is on object storage). W&B only: an error "
+        "with tracking.backend=trackio, which logs every kept checkpoint's location as text."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrackingConfig":
+        # Settings Trackio has no counterpart for would be silently dropped: say so instead.
+        # (backend=none records nothing, so they do not matter there, as with wandb=false.)
+        if self.backend == "trackio":
+            wandb_only = ([f"tracking.mode={self.mode}"] if self.mode is not None else []) + \
+                ([f"tracking.log_checkpoints={self.log_checkpoints}"] if self.log_checkpoints != "none" else [])
+            if wandb_only:
+                raise ValueError(f"{' and '.join(wandb_only)} with tracking.backend=trackio: W&B settings Trackio "
+                                 f"has no counterpart for; remove them (Trackio always records locally and logs "
+                                 f"each kept checkpoint's location)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------

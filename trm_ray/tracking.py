@@ -1,14 +1,20 @@
-"""Experiment tracking behind one small interface: W&B, or a no-op twin.
+"""Experiment tracking behind one small interface: W&B, Trackio, or a no-op twin.
 
     tracker = create_tracker(config, run_dir="runs/sudoku-mlp", num_parameters=7_000_000)
     tracker.log({"train/lm_loss": 0.8}, step=10)
+    tracker.log_table("text/continuations", ["prompt", "greedy"], [["Once", "Once upon"]], step=10)
     tracker.checkpoint_saved(step=10, folder=tmp, location="runs/sudoku-mlp/checkpoint_0000010", score=0.4)
     tracker.training_finished()
     tracker.finish()
 
+tracking.backend picks the tracker: wandb (the default; below), trackio (local SQLite files,
+trm_ray.trackio_tracker) or none; tracking.wandb=false records nothing whatever the backend.
+Everything after a run ended (add_to_summary, track_eval, the repro's run) is W&B's only and
+does nothing for the other backends (resolve_mode says "disabled").
+
 Only rank 0 tracks: the training loop calls `create_tracker` on rank 0 and uses `NullTracker`
 elsewhere (Ray's own `setup_wandb(rank_zero_only=True)` does not work inside Train V2 workers).
-Mode: `tracking.mode` when set; else WANDB_MODE when set; else online with credentials
+W&B's mode: `tracking.mode` when set; else WANDB_MODE when set; else online with credentials
 (WANDB_API_KEY, or a `wandb login` entry in ~/.netrc) and offline files without them, so a run
 on a machine without network or account still records everything (`wandb sync` uploads it).
 
@@ -46,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Protocol, Sequence
 
 from trm_ray.errors import first_line
-from trm_ray.run_folder import is_metric_value
+from trm_ray.run_folder import PUZZLE_SCORE, Score, is_metric_value, score_for
 from trm_ray.storage import is_uri
 
 if TYPE_CHECKING:
@@ -78,6 +84,9 @@ _SHORT_RUN_SETTINGS = {"silent": True, "console": "off", "x_disable_stats": True
 class Tracker(Protocol):
     def log(self, metrics: Mapping[str, float], step: int) -> None: ...
 
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Any], step: int) -> None:
+        """A table at the train step: `rows` are lists in column order, or mappings by column."""
+
     def checkpoint_saved(self, step: int, folder: Path, location: Optional[str], score: Optional[float]) -> None:
         """A checkpoint was written to `folder` (deleted once this returns) and is kept at
         `location` (the run folder's checkpoint_<step>, a path or a URI; None: not kept)."""
@@ -89,9 +98,13 @@ class Tracker(Protocol):
 
 
 class NullTracker:
-    """Tracks nothing: other ranks, `tracking.wandb=false`, `tracking.mode=disabled`."""
+    """Tracks nothing: other ranks, `tracking.wandb=false`, `tracking.backend=none`,
+    `tracking.mode=disabled`."""
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Any], step: int) -> None:
         pass
 
     def checkpoint_saved(self, step: int, folder: Path, location: Optional[str], score: Optional[float]) -> None:
@@ -102,6 +115,11 @@ class NullTracker:
 
     def finish(self) -> None:
         pass
+
+
+def table_rows(columns: Sequence[str], rows: Sequence[Any]) -> list[list[Any]]:
+    """A table's rows as lists in column order (a row given as a mapping is read by column name)."""
+    return [[row.get(c) for c in columns] if isinstance(row, Mapping) else list(row) for row in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,9 +210,15 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+def tracking_backend(config: "TrainConfig") -> str:
+    """wandb | trackio | none: tracking.backend, none when tracking.wandb is false."""
+    return config.tracking.backend if config.tracking.wandb else "none"
+
+
 def resolve_mode(config: "TrainConfig") -> str:
-    """online | offline | disabled, as the module docstring says."""
-    if not config.tracking.wandb:
+    """W&B's mode, online | offline | disabled, as the module docstring says; disabled when the
+    run's backend is not W&B."""
+    if tracking_backend(config) != "wandb":
         return "disabled"
     if config.tracking.mode is not None:
         mode = config.tracking.mode
@@ -281,6 +305,8 @@ def finish_run(run: Any, timeout_s: float = 60.0) -> None:
 class WandbTracker:
     """One W&B run per training run; a resumed training run continues the same W&B run."""
 
+    score: Score = PUZZLE_SCORE  # what picks the best checkpoint (create_tracker sets the run's)
+
     def __init__(self, *, project: str, name: str, group: str | None, config: dict[str, Any], mode: str,
                  directory: str | None, num_parameters: int | None, upload_to: str | None = None,
                  kind: RunKind | None = None, log_checkpoints: str = "none"):
@@ -311,15 +337,21 @@ class WandbTracker:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log({**metrics, STEP_METRIC: step})
 
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Any], step: int) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=list(columns), data=table_rows(columns, rows)), STEP_METRIC: step})
+
     # ---- checkpoints as artifacts -----------------------------------------------------------
     def checkpoint_saved(self, step: int, folder: Path, location: Optional[str], score: Optional[float]) -> None:
-        """log_checkpoints=all: every checkpoint now (aliases latest, step_N, and best on a new
+        """`score`: the run's score metric (self.score: exact accuracy, or a text run's val loss).
+        log_checkpoints=all: every checkpoint now (aliases latest, step_N, and best on a new
         best). best: remember the best (ties go to the later one, as Ray keeps it) and log it at
         training_finished() from where the run keeps it; a checkpoint kept nowhere (a run
         without a run folder) is logged now, while its files exist, each time a best appears."""
         if self.log_checkpoints == "none":
             return
-        value = score if isinstance(score, (int, float)) and math.isfinite(score) else -math.inf
+        value = self.score.ranked(score)
         new_best = self._best is None or value >= self._best[0]
         if new_best:
             self._best, self._best_logged = (value, step, location), False
@@ -356,7 +388,7 @@ class WandbTracker:
         artifact_files = (MODEL_FILE, CONFIG_FILE)
         metadata: dict[str, Any] = {STEP_METRIC: step}
         if math.isfinite(score):
-            metadata["eval/exact_accuracy"] = score
+            metadata[self.score.key] = self.score.ranked(score)  # back from higher-is-better
         artifact = wandb.Artifact(self.artifact_name, type="model", metadata=metadata)
         try:
             if location is not None and is_uri(location):
@@ -380,16 +412,29 @@ class WandbTracker:
 
 def create_tracker(config: "TrainConfig", *, run_dir: str | None = None,
                    num_parameters: int | None = None) -> Tracker:
-    """The tracker of this run (call on rank 0 only); W&B files go to WANDB_DIR or run_dir."""
+    """The tracker of this run (call on rank 0 only); W&B files go to WANDB_DIR or run_dir,
+    Trackio's to TRACKIO_DIR (trm_ray.trackio_tracker)."""
+    backend = tracking_backend(config)
+    if backend == "trackio":
+        from trm_ray.trackio_tracker import TrackioTracker
+
+        kind = run_kind(config, run_dir)
+        tracker = TrackioTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
+                              config=config.model_dump(mode="json"), job_type=kind.job_type, tags=kind.tags,
+                              num_parameters=num_parameters)
+        tracker.score = score_for(config)
+        return tracker
     mode = resolve_mode(config)
     if mode == "disabled":
         return NullTracker()
     directory = os.environ.get("WANDB_DIR") or (run_dir if run_dir and not is_uri(run_dir) else None)
     upload_to = run_dir if run_dir and is_uri(run_dir) and not os.environ.get("WANDB_DIR") else None
-    return WandbTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
-                        config=config.model_dump(mode="json"), mode=mode, directory=directory,
-                        num_parameters=num_parameters, upload_to=upload_to, kind=run_kind(config, run_dir),
-                        log_checkpoints=config.tracking.log_checkpoints)
+    tracker = WandbTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
+                           config=config.model_dump(mode="json"), mode=mode, directory=directory,
+                           num_parameters=num_parameters, upload_to=upload_to, kind=run_kind(config, run_dir),
+                           log_checkpoints=config.tracking.log_checkpoints)
+    tracker.score = score_for(config)
+    return tracker
 
 
 # --------------------------------------------------------------------------------------------
