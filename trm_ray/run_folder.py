@@ -29,7 +29,8 @@ RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # Metric names beside the training step's `train/*` and the evaluator's `eval/*`.
 STEP_KEY = "step"
 EPOCH_KEY = "epoch"
-EVAL_METRIC = "eval/exact_accuracy"  # what the best checkpoint is chosen by
+EVAL_METRIC = "eval/exact_accuracy"  # what a puzzle run's best checkpoint is chosen by
+TEXT_EVAL_METRIC = "text/val_loss"  # and a text run's (the lowest validation loss)
 SAMPLES_PER_S_KEY = "train/samples_per_s"
 # The network's parameter count (the puzzle table is a buffer: not counted), in every evaluation
 # report, so a sweep's records carry it for `trm-ray compare`; a train/ key is not logged to W&B
@@ -38,6 +39,41 @@ NUM_PARAMETERS_KEY = "train/num_parameters"
 # A checkpoint reported before any evaluation still needs the score key for Ray's ranking;
 # -inf ranks it below every evaluated one.
 NO_EVAL_SCORE = float("-inf")
+
+
+@dataclass(frozen=True)
+class Score:
+    """What ranks a run's evaluations and picks its best checkpoint: a metric and its direction."""
+
+    key: str
+    mode: str  # "max" or "min"
+
+    @property
+    def unevaluated(self) -> float:
+        """The value a checkpoint reported before any evaluation gets: below every evaluated one."""
+        return NO_EVAL_SCORE if self.mode == "max" else -NO_EVAL_SCORE
+
+    def ranked(self, value: Any) -> float:
+        """Higher is better: the value itself ("max") or its negative ("min"); -inf for no value.
+        Its own inverse on numbers."""
+        if not is_metric_value(value):
+            return NO_EVAL_SCORE
+        return float(value) if self.mode == "max" else -float(value)
+
+    def best(self, records: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+        """The best of `records` (each has the key); ties go to the later step, as Ray keeps that one."""
+        return max(records, key=lambda r: (self.ranked(r[self.key]), r.get(STEP_KEY, 0)))
+
+
+PUZZLE_SCORE = Score(EVAL_METRIC, "max")
+TEXT_SCORE = Score(TEXT_EVAL_METRIC, "min")
+
+
+def score_for(config: TrainConfig) -> Score:
+    """Text runs (their eval dataset has text.json) rank by validation loss, puzzle runs by exact accuracy."""
+    from trm_ray.text.info import is_text_dataset
+
+    return TEXT_SCORE if config.eval_paths and is_text_dataset(config.eval_paths[0]) else PUZZLE_SCORE
 
 
 def is_metric_value(value: Any) -> bool:
@@ -90,10 +126,10 @@ def summarize(run_dir: str) -> TrainRunResult:
     if not records:
         return result
     result.final = records[-1]
-    evaluated = [r for r in records if is_metric_value(r.get(EVAL_METRIC))]
+    score = TEXT_SCORE if any(is_metric_value(r.get(TEXT_EVAL_METRIC)) for r in records) else PUZZLE_SCORE
+    evaluated = [r for r in records if is_metric_value(r.get(score.key))]
     if evaluated:
-        # ties go to the later report, as Ray ranks checkpoints of equal score (it keeps that one)
-        result.best = max(evaluated, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
+        result.best = score.best(evaluated)
     with_checkpoint = [r for r in records if r.get("checkpoint")]
     if with_checkpoint:
         result.last_checkpoint = storage.join(run_dir, with_checkpoint[-1]["checkpoint"])
@@ -102,7 +138,7 @@ def summarize(run_dir: str) -> TrainRunResult:
     present = set(storage.list_dir(run_dir))
     kept = [r for r in evaluated if r.get("checkpoint") in present]
     if kept:
-        best_kept = max(kept, key=lambda r: (r[EVAL_METRIC], r.get(STEP_KEY, 0)))
+        best_kept = score.best(kept)
         result.best_checkpoint = storage.join(run_dir, best_kept["checkpoint"])
     return result
 

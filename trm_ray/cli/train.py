@@ -87,8 +87,12 @@ def _finished_run(config: "TrainConfig") -> Optional[tuple[int, "TrainRunResult"
 
 
 def _metrics_line(metrics: dict) -> str:
-    keys = ["step", "epoch", "train/lm_loss", "train/accuracy", "train/exact_accuracy", "eval/exact_accuracy",
-            "eval/exact_accuracy_low", "eval/exact_accuracy_high"]
+    if "text/val_loss" in metrics:  # a text run: exact accuracy of whole windows says nothing
+        keys = ["step", "epoch", "train/lm_loss", "train/accuracy", "text/val_loss", "text/perplexity",
+                "text/next_token_accuracy"]
+    else:
+        keys = ["step", "epoch", "train/lm_loss", "train/accuracy", "train/exact_accuracy", "eval/exact_accuracy",
+                "eval/exact_accuracy_low", "eval/exact_accuracy_high"]
     parts = [f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
              for k in keys if metrics.get(k) is not None]
     return " ".join(parts) or "(none)"

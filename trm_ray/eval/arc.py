@@ -198,7 +198,8 @@ def build_evaluators(specs: Sequence[Mapping[str, Any]], data_paths: Sequence[st
     """Evaluators from a recipe's `evaluators:` list, e.g. [{name: arc, submission_K: 2}].
 
     `name` is "arc" (or the reference's "arc@ARC") or "text" (trm_ray.text.evaluate, e.g.
-    {name: text, prompts: [...], temperature: 0.8}); the dataset is the first of data_paths."""
+    {name: text, prompts: [...], temperature: 0.8}); the dataset is the first of data_paths. A
+    text dataset gets a text evaluator (without prompts) when the list has none."""
     evaluators = []
     for spec in specs:
         spec = dict(spec)
@@ -215,4 +216,10 @@ def build_evaluators(specs: Sequence[Mapping[str, Any]], data_paths: Sequence[st
             continue
         spec.pop("aggregated_voting", None)  # reference option; votes never carry over here
         evaluators.append(ARCEvaluator(data_paths[0], **spec))
+    from trm_ray.text.evaluate import TextEvaluator
+    from trm_ray.text.info import is_text_dataset
+
+    if data_paths and not any(isinstance(e, TextEvaluator) for e in evaluators) and is_text_dataset(data_paths[0]):
+        # A text run always gets its loss and perplexity: they rank its checkpoints.
+        evaluators.append(TextEvaluator(data_paths[0]))
     return evaluators

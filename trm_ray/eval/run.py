@@ -106,7 +106,8 @@ def evaluate_checkpoint(
     batch_size: rows per forward pass (per worker); one_batch: only the first global batch
     (batch_size rows per worker) of each set (a smoke test; ARC/pass@K then counts the puzzles
     not reached as unsolved).
-    evaluators: None adds an ARCEvaluator on ARC datasets (test_puzzles.json present).
+    evaluators: None adds an ARCEvaluator on ARC datasets (test_puzzles.json present), a
+    TextEvaluator on text datasets (text.json).
     num_workers: 0 runs in this process (no Ray); N >= 1 runs Ray Data batch inference over
     N workers (one GPU each with use_gpu); cpus_per_worker: CPUs (and torch threads) per worker,
     None: the cluster's CPUs / N (1 with use_gpu)."""
@@ -125,7 +126,10 @@ def evaluate_checkpoint(
     check_fits(model, meta, dataset_dir)
     arc = is_arc_dataset(local)
     if evaluators is None:
-        evaluators = [ARCEvaluator(dataset_dir)] if arc else []
+        from trm_ray.text.evaluate import TextEvaluator
+        from trm_ray.text.info import is_text_dataset
+
+        evaluators = [ARCEvaluator(dataset_dir)] if arc else [TextEvaluator(dataset_dir)] if is_text_dataset(local) else []
     identifiers = layout.load_identifiers(local) if arc else None
     collector = _Collector(save_outputs, identifiers)
 

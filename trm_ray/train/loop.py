@@ -22,6 +22,7 @@ checkpoint folders. Everything else here is plain PyTorch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import time
@@ -38,7 +39,8 @@ from trm_ray.data.layout import dataset_fingerprint, has_test_split
 from trm_ray.data.loader import PuzzleLoader
 from trm_ray.errors import first_line
 from trm_ray.optim import total_train_steps
-from trm_ray.run_folder import EPOCH_KEY, EVAL_METRIC, NO_EVAL_SCORE, NUM_PARAMETERS_KEY, SAMPLES_PER_S_KEY, STEP_KEY
+from trm_ray.run_folder import (EPOCH_KEY, EVAL_METRIC, NUM_PARAMETERS_KEY, SAMPLES_PER_S_KEY, STEP_KEY,
+                                TEXT_EVAL_METRIC, Score, score_for)
 from trm_ray.tracking import NullTracker, Tracker, create_tracker
 from trm_ray.train.progress import Averager, Progress
 from trm_ray.train.session import LocalSession, Session, kept_checkpoint
@@ -94,7 +96,7 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
                 reports.evaluated(state.step, report)
                 log_continuations(state, data, reports, rank)
             elif data.test is not None:
-                report[EVAL_METRIC] = NO_EVAL_SCORE
+                report[data.score.key] = data.score.unevaluated
             every_eval = (config.checkpoint_every_eval if config.checkpoint_every_eval is not None
                           else config.checkpoint.every_eval)
             if every_eval or iteration == num_iterations - 1 or done:
@@ -151,10 +153,8 @@ def log_continuations(state: TrainState, data: TrainData, reports: Reports, rank
     if not rows:
         return
     step = state.step
-    log_table = getattr(reports.tracker, "log_table", None)
-    if log_table is not None:
-        log_table(CONTINUATIONS_TABLE, ["step", *CONTINUATION_COLUMNS],
-                  [[step, *(row[c] for c in CONTINUATION_COLUMNS)] for row in rows], step)
+    reports.tracker.log_table(CONTINUATIONS_TABLE, ["step", *CONTINUATION_COLUMNS],
+                              [[step, *(row[c] for c in CONTINUATION_COLUMNS)] for row in rows], step)
     if reports.session.run_dir is not None:
         for row in rows:
             jsonl.append(storage.join(reports.session.run_dir, CONTINUATIONS_FILE), {"step": step, **row})
@@ -176,7 +176,7 @@ def checkpoint_and_report(report: dict[str, float], state: TrainState, config: T
             write_checkpoint(folder, state, config, data.shape, data.train, data.fingerprint)
             # before report(): the session may move the folder away
             reports.tracker.checkpoint_saved(state.step, folder, kept_checkpoint(reports.session, state.step),
-                                             report.get(EVAL_METRIC))
+                                             report.get(data.score.key))
         reports.send(report, folder)
 
 
@@ -187,8 +187,8 @@ def checkpoint_and_report(report: dict[str, float], state: TrainState, config: T
 class TrainData:
     """What the loop trains and evaluates on: the reference's loader over the train split
     (epochs_per_iter = eval_interval), the test split's (None without one) and its evaluators,
-    the data shape the model is built for, the fingerprint a resumed run must match and the
-    schedule's total steps."""
+    the data shape the model is built for, the fingerprint a resumed run must match, the
+    schedule's total steps and what ranks its evaluations (exact accuracy; text: val loss)."""
 
     train: PuzzleLoader
     test: Optional[PuzzleLoader]
@@ -196,6 +196,7 @@ class TrainData:
     shape: DataShape
     fingerprint: str
     total_steps: int
+    score: Score
 
     @classmethod
     def from_config(cls, config: TrainConfig, rank: int, world: int) -> TrainData:
@@ -210,7 +211,7 @@ class TrainData:
         fingerprint = dataset_fingerprint(train.dataset_dirs)
         total_steps = total_train_steps(config.epochs, meta.total_groups, meta.mean_puzzle_examples,
                                         config.global_batch_size)
-        return cls(train, test, evaluators, shape, fingerprint, total_steps)
+        return cls(train, test, evaluators, shape, fingerprint, total_steps, score_for(config))
 
 
 class Throughput:
@@ -285,9 +286,13 @@ class Reports:
         return {**self.last_train, **self.throughput.pop(), STEP_KEY: step, EPOCH_KEY: epoch}
 
     def evaluated(self, step: int, report: dict[str, float]) -> None:
-        self.progress.message(f"trm-ray: epoch {report[EPOCH_KEY]} step {step}: eval exact accuracy "
-                              f"{report[EVAL_METRIC]:.4f} [{report.get('eval/exact_accuracy_low', 0):.3f}, "
-                              f"{report.get('eval/exact_accuracy_high', 1):.3f}]")
+        if TEXT_EVAL_METRIC in report:
+            result = (f"val loss {report[TEXT_EVAL_METRIC]:.4f} (perplexity {report.get('text/perplexity', math.nan):.2f}), "
+                      f"next-token accuracy {report.get('text/next_token_accuracy', math.nan):.4f}")
+        else:
+            result = (f"exact accuracy {report[EVAL_METRIC]:.4f} [{report.get('eval/exact_accuracy_low', 0):.3f}, "
+                      f"{report.get('eval/exact_accuracy_high', 1):.3f}]")
+        self.progress.message(f"trm-ray: epoch {report[EPOCH_KEY]} step {step}: eval {result}")
         self.tracker.log({k: v for k, v in report.items() if not k.startswith("train/")}, step=step)
 
     def send(self, report: dict[str, float], checkpoint_dir: Optional[Path] = None) -> None:

@@ -8,7 +8,7 @@
 Ray only prepares (process group, threads, device), reports and checkpoints; the loop is the
 same function that runs in one process. The run folder <ray.storage_path>/<run_name>/ is
 described in trm_ray/run_folder.py (here the controller writes its metrics.jsonl, and W&B its
-wandb/ files). Kept checkpoints: the `checkpoint.num_to_keep` best by eval/exact_accuracy, and the latest
+wandb/ files). Kept checkpoints: the `checkpoint.num_to_keep` best by eval/exact_accuracy (a text run: the lowest text/val_loss), and the latest
 always (Ray never deletes the latest one), so best and last both survive.
 
 ray.storage_path may be an object-store URI (s3://bucket/runs): the run folder, checkpoints
@@ -32,7 +32,6 @@ from trm_ray.config import ConfigError, TrainConfig, to_yaml
 from trm_ray.data.layout import METADATA_FILE, DatasetError, has_test_split, load_metadata
 from trm_ray.run_folder import (
     CONFIG_FILE,
-    EVAL_METRIC,
     METRICS_FILE,
     STEP_KEY,
     TrainRunResult,
@@ -40,6 +39,7 @@ from trm_ray.run_folder import (
     checkpoint_dir_name,
     run_dir_of,
     run_started,
+    score_for,
     summarize,
 )
 from trm_ray.storage import is_uri
@@ -47,7 +47,7 @@ from trm_ray.train.loop import FAULT_ENV, build_evaluators, train
 
 # Environment variables the workers get from the driver (dataset cache, test hooks).
 FORWARDED_ENV = ("TRM_RAY_CACHE", FAULT_ENV, "WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_BASE_URL",
-                 "WANDB_SILENT", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRM_RAY_SWEEP_TRIAL")  # HF_TOKEN: a node's own, like cloud keys
+                 "WANDB_SILENT", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRM_RAY_SWEEP_TRIAL", "TRACKIO_DIR")  # HF_TOKEN: a node's own, like cloud keys
 # Each ray.train.report waits for one controller poll (2 s by default): 0.5 s keeps periodic
 # train reports cheap without loading the controller. A value the user sets wins.
 DEFAULT_HEALTH_CHECK_INTERVAL_S = "0.5"
@@ -373,10 +373,11 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     try:
         resources, threads = worker_cpus(config, ray.cluster_resources().get("CPU", 1.0) if started else None)
         evaluates = has_test_split(config.eval_paths)
+        score = score_for(config)  # exact accuracy, or a text run's validation loss
         checkpoint_config = ray.train.CheckpointConfig(
             num_to_keep=config.checkpoint.num_to_keep,
-            checkpoint_score_attribute=EVAL_METRIC if evaluates else None,
-            checkpoint_score_order="max",
+            checkpoint_score_attribute=score.key if evaluates else None,
+            checkpoint_score_order=score.mode,
         )
         # Workers on other nodes need to know where the object store is; their credentials
         # come from their own environment or role, never through Ray.
