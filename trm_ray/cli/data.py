@@ -215,19 +215,38 @@ def _build_text(flags: dict[str, Any]) -> None:
         raise click.ClickException(one_line(str(error))) from None
 
 
-@data.command(epilog="Example:\n\n  trm-ray data inspect data/sudoku-4x4-quickstart --png sudoku.png")
+@data.command(epilog="Examples:\n\n\b\n"
+              "  trm-ray data inspect data/stories --num-windows 5\n"
+              "  trm-ray data inspect data/sudoku-4x4-quickstart --png sudoku.png")
 @click.argument("dataset_dir", type=click.Path(file_okay=False))
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Render a few puzzles and their variants here.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Split to render.")
-@click.option("--num-groups", type=int, default=3, show_default=True, help="Original puzzles to render.")
-@click.option("--num-variants", type=int, default=3, show_default=True, help="Variants per puzzle to render.")
-def inspect(dataset_dir: str, png_path: Optional[str], split: str, num_groups: int, num_variants: int) -> None:
-    """Print counts, seq_len, vocab and sizes of DATASET_DIR; optionally render puzzles to PNG."""
+@click.option("--png", "png_path", type=click.Path(dir_okay=False),
+              help="Puzzles: render a few puzzles and their variants here (not for text datasets).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Split to render (puzzles) or to decode windows of (text; test holds the validation documents).")
+@click.option("--num-groups", type=int, default=3, show_default=True, help="Puzzles: original puzzles to render.")
+@click.option("--num-variants", type=int, default=3, show_default=True, help="Puzzles: variants per puzzle to render.")
+@click.option("--num-windows", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Text: first windows of --split to print decoded, one line each.")
+def inspect(dataset_dir: str, png_path: Optional[str], split: str, num_groups: int, num_variants: int,
+            num_windows: int) -> None:
+    """Print counts, seq_len, vocab and sizes of DATASET_DIR; optionally render puzzles to PNG.
+
+    A text dataset (built by `trm-ray data build text`) shows its tokenizer, seq_len, sources,
+    documents / windows / tokens per split (validation is the test/ folder) and its first
+    windows decoded back to text, as the model reads them.
+    """
     from trm_ray.data import layout
-    from trm_ray.data.inspect import format_summary, render_png, summarize
+    from trm_ray.data.inspect import format_summary, is_text_dataset, png_refusal, render_png, summarize, \
+        text_window_lines
 
     try:
-        click.echo(format_summary(summarize(dataset_dir)))
+        text = is_text_dataset(dataset_dir)
+        if text and png_path:
+            raise layout.DatasetError(png_refusal(dataset_dir))
+        summary = format_summary(summarize(dataset_dir))
+        # Both read before either is printed, so a bad split or tokenizer is the only line shown.
+        windows = text_window_lines(dataset_dir, num_windows=num_windows, split=split) if text and num_windows else []
+        click.echo("\n".join([summary, *windows]))
         if png_path:
             render_png(dataset_dir, png_path, num_groups=num_groups, num_variants=num_variants, split=split)
             click.echo(f"wrote {png_path}")

@@ -1,7 +1,11 @@
-"""Look at a built dataset: counts, shapes, sizes, and a PNG of a few puzzles and their variants.
+"""Look at a built dataset: counts, shapes, sizes, and a PNG of a few puzzles and their variants;
+for a text dataset (text.json at its root, trm_ray/text/info.py) the tokenizer, the documents,
+windows and tokens per split, and the first windows decoded back to text.
 
     print(format_summary(summarize("data/sudoku-4x4-quickstart")))
     render_png("data/sudoku-4x4-quickstart", "sudoku.png")
+    print(format_summary(summarize("data/stories")))
+    print("\n".join(text_window_lines("data/stories", num_windows=3)))
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from trm_ray.data import layout
+from trm_ray.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def _local(dataset_dir: str) -> str:
@@ -55,10 +60,61 @@ def summarize(dataset_dir: str) -> dict[str, Any]:
         with open(build_path) as f:
             build = json.load(f)
         out["build"] = {k: build.get(k) for k in ("kind", "seed", "content_sha256", "ratings")}
+    if is_text_dataset(dataset_dir):
+        out["text"] = _text_summary(dataset_dir, out["splits"])
     return out
 
 
+def is_text_dataset(dataset_dir: str) -> bool:
+    """`dataset_dir` (a local folder or a URI) is a text dataset: it has text.json."""
+    from trm_ray.text.info import is_text_dataset as has_text_info
+
+    return has_text_info(dataset_dir)
+
+
+# The layout's held-out split holds a text dataset's validation documents (text.json's name).
+_TEXT_SPLIT_NAMES = {"train": "train", "test": "validation"}
+
+
+def _text_summary(dataset_dir: str, splits: dict[str, Any]) -> dict[str, Any]:
+    """text.json's facts, checked against tokenizer.json (a mismatch is load_tokenizer's one-line
+    DatasetError), with the windows per split counted from the arrays on disk."""
+    from trm_ray.text.info import load_text_info, load_tokenizer
+
+    info = load_text_info(dataset_dir)
+    load_tokenizer(dataset_dir, info)
+    per_split = {}
+    for split in layout.SPLITS:
+        name = _TEXT_SPLIT_NAMES.get(split, split)
+        if split not in splits:  # no documents there (e.g. --validation-fraction 0): no folder written
+            per_split[split] = {"name": name, "documents": info.documents.get(name, 0),
+                                "tokens": info.tokens.get(name, 0), "missing": True}
+            continue
+        entry = splits[split]
+        per_split[split] = {
+            "name": name,
+            "documents": info.documents.get(name, 0),
+            "tokens": info.tokens.get(name, 0),
+            "windows": sum(s["examples"] for s in entry["sets"].values()),
+            "bytes": sum(s["bytes"] for s in entry["sets"].values()),
+            "dtype": next(iter(entry["sets"].values()))["dtype"] if entry["sets"] else "-",
+        }
+    return {
+        "tokenizer": info.tokenizer.kind,
+        "vocab_size": info.tokenizer.vocab_size,
+        "tokenizer_sha256": info.tokenizer.sha256,
+        "seq_len": info.seq_len,
+        "lowercase": info.lowercase,
+        "sources": list(info.sources),
+        "validation_fraction": info.validation_fraction,
+        "seed": info.seed,
+        "splits": per_split,
+    }
+
+
 def format_summary(summary: dict[str, Any]) -> str:
+    if "text" in summary:
+        return _format_text_summary(summary)
     lines = [f"dataset {summary['path']}"]
     build = summary.get("build")
     if build:
@@ -80,6 +136,97 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_text_summary(summary: dict[str, Any]) -> str:
+    text, build = summary["text"], summary.get("build") or {}
+    lines = [
+        f"text dataset {summary['path']}",
+        f"  tokenizer {text['tokenizer']}, vocab {text['vocab_size']} (sha256 {text['tokenizer_sha256'][:16]}), "
+        f"seq_len {text['seq_len']}, lowercase {'yes' if text['lowercase'] else 'no'}",
+        f"  sources: {', '.join(text['sources']) or '-'}",
+        f"  seed {text['seed']}, validation fraction {text['validation_fraction']:g}",
+    ]
+    if build:
+        lines.append(f"  built by trm-ray: kind {build['kind']}, seed {build['seed']}, "
+                     f"content sha256 {str(build['content_sha256'])[:16]}")
+    for split, s in text["splits"].items():
+        where = "" if s["name"] == split else f" ({split}/)"
+        if s.get("missing"):
+            lines.append(f"  {s['name']}{where}: {s['documents']} documents, no {split}/ folder")
+            continue
+        lines.append(f"  {s['name']}{where}: {s['documents']} documents, {s['windows']} windows, {s['tokens']} tokens, "
+                     f"{s['bytes'] / 2**20:.1f} MiB ({s['dtype']})")
+    return "\n".join(lines)
+
+
+# How the special ids show in a decoded window (outside the quoted text, so they cannot be
+# mistaken for text that happens to read "<bos>").
+_SPECIAL_MARKS = {PAD_ID: "<pad>", BOS_ID: "<bos>", EOS_ID: "<eos>"}
+# Characters of a decoded window shown on its line; the rest is cut and marked.
+WINDOW_WIDTH = 160
+
+
+def decode_window(tokens: Any, tokenizer: Any) -> str:
+    """One window's tokens as one line: the runs of text tokens decoded and shown with repr()
+    (newlines stay visible), the specials as <bos>, <eos>, and a run of padding as <pad>*N."""
+    pieces: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            pieces.append(repr(tokenizer.decode(run)))
+            run.clear()
+
+    ids = [int(t) for t in np.asarray(tokens).reshape(-1)]
+    i = 0
+    while i < len(ids):
+        token = ids[i]
+        if token in _SPECIAL_MARKS:
+            flush()
+            j = i
+            while j < len(ids) and ids[j] == token:
+                j += 1
+            count = j - i if token == PAD_ID else 1
+            pieces.append(_SPECIAL_MARKS[token] + (f"*{count}" if count > 1 else ""))
+            i += count
+            continue
+        run.append(token)
+        i += 1
+    flush()
+    return " ".join(pieces)
+
+
+def text_window_lines(dataset_dir: str, num_windows: int = 3, split: str = "train",
+                      width: int = WINDOW_WIDTH) -> list[str]:
+    """The first `num_windows` windows of a text dataset's `split`, decoded: what the model reads
+    (a window's inputs; its labels are the same tokens shifted by one). A header line, then one
+    line per window, cut at `width` characters."""
+    from trm_ray.text.info import load_text_info, load_tokenizer
+
+    local = _local(dataset_dir)
+    info = load_text_info(local)
+    tokenizer = load_tokenizer(local, info)
+    name = _TEXT_SPLIT_NAMES.get(split, split)
+    if not layout.metadata_path(local, split).is_file():
+        raise layout.DatasetError(f"{dataset_dir!r} has no {split}/ folder (it holds no {name} "
+                                  f"documents): inspect another split (--split)")
+    meta = layout.load_metadata(local, split)
+    arrays = layout.load_set_arrays(local, split, meta.sets[0], meta)
+    shown = min(max(0, num_windows), arrays.num_examples)
+    lines = [f"first {shown} of {arrays.num_examples} {name} windows, decoded ({meta.seq_len} input tokens each; "
+             f"<bos> <eos> <pad> are ids {info.bos_id} {info.eos_id} {info.pad_id}):"]
+    for index in range(shown):
+        body = decode_window(arrays.inputs[index], tokenizer)
+        if len(body) > width:
+            body = body[:width] + " [...]"
+        lines.append(f"  {index}: {body}")
+    return lines
+
+
+def png_refusal(dataset_dir: str) -> str:
+    return (f"{dataset_dir!r} is a text dataset: PNG rendering is for puzzle datasets; drop --png "
+            f"(`trm-ray data inspect` prints its windows decoded to text)")
+
+
 # ARC's usual palette for colours 0..9; pad white, end marker grey.
 _ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"]
 
@@ -91,7 +238,10 @@ def render_png(dataset_dir: str, png_path: str, num_groups: int = 3, num_variant
 
     from trm_ray.figures import new_figure, save_png
 
+    shown = dataset_dir
     dataset_dir = _local(dataset_dir)
+    if is_text_dataset(dataset_dir):
+        raise layout.DatasetError(png_refusal(shown))
     meta = layout.load_metadata(dataset_dir, split)
     arrays = layout.load_set_arrays(dataset_dir, split, meta.sets[0], meta)
     try:
