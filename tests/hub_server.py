@@ -1,14 +1,19 @@
 """A real Hugging Face Hub-protocol server on 127.0.0.1 for tests: the subset huggingface_hub uses
-to create a repo, commit files, list and download them.
+to create a repo (a model or a dataset), commit files, list and download them.
 
     server = HubServer.start(tokens={"hf_writer": "alice"})   # its own process, a free port
     server.env(hf_home)              # HF_ENDPOINT, HF_HOME, HF_TOKEN, ... as users set them
     server.commits("alice/repo")     # [(oid, summary), ...] oldest first, read over plain HTTP
+    server.commits("alice/data", repo_type="dataset")    # the same for a dataset repo
+    server.file("alice/repo", "README.md")                # a file's bytes, over plain HTTP
     server.gate("alice/repo")        # make a repo gated (no token: 401, any token: 403)
+    server.move_after_downloads("alice/repo", "main", oid, 1)   # as if pushed to after 1 download
     server.stop()                    # by its own pid
 
-Routes (what huggingface_hub 2.x sends; errors carry X-Error-Code like the Hub's):
-    POST /api/repos/create                          create_repo (409 when it exists)
+Routes (what huggingface_hub 2.x sends; errors carry X-Error-Code like the Hub's). Model repos
+under /api/models and /{repo}; dataset repos (repo_type="dataset") the same under /api/datasets and
+/datasets/{repo}, in a namespace of their own (a model and a dataset may share a name):
+    POST /api/repos/create                          create_repo, "type" model or dataset (409 when it exists)
     POST /api/validate-yaml                         create_commit checks a README's front matter
     GET  /api/models/{repo}[/revision/{rev}]        repo_info / model_info
     GET  /api/models/{repo}/tree/{rev}[/{path}]     list_repo_tree / list_repo_files
@@ -17,6 +22,7 @@ Routes (what huggingface_hub 2.x sends; errors carry X-Error-Code like the Hub's
     POST /api/models/{repo}/commit/{rev}            NDJSON: header, file (base64), deletedFile/Folder
     POST /api/models/{repo}/branch/{branch}         create_branch
     GET|HEAD /{repo}/resolve/{rev}/{path}           hf_hub_download: X-Repo-Commit, ETag, Content-Length
+    .../api/datasets/{repo}/..., /datasets/{repo}/resolve/{rev}/{path}    the same for a dataset repo
 Access as on the Hub: a private repo, or any repo that does not exist, answers 401 RepoNotFound
 without a token (404 with one); a token the server does not know is 401 "Invalid credentials";
 writing needs a known token. Revisions are branches, 40-hex commit ids or their unique prefixes.
@@ -65,6 +71,7 @@ class Repo:
     commits: dict[str, dict] = field(default_factory=dict)  # oid -> {"files", "summary", "parent", "date"}
     order: list[str] = field(default_factory=list)  # commit oids, oldest first
     branches: dict[str, str] = field(default_factory=dict)  # name -> oid
+    move: Optional[list] = None  # [branch, oid, downloads left]: set by the tests (move_after_downloads)
 
 
 class HubState:
@@ -94,9 +101,16 @@ class HubState:
         return None
 
 
+# Repo type -> the prefix of its web paths and of its key in HubState.repos (models have none, as
+# on the Hub, so a model's key is its id).
+URL_PREFIXES = {"model": "", "dataset": "datasets/"}
+API_TYPES = {"models": "model", "datasets": "dataset"}
+
+
 class Handler(BaseHTTPRequestHandler):
     state: HubState  # set on the class by serve()
     server_version = "TestHub/1.0"
+    repo_type = "model"  # of the request being served: set by dispatch() and create_repo()
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         if os.environ.get("TEST_HUB_VERBOSE"):
@@ -128,6 +142,10 @@ class Handler(BaseHTTPRequestHandler):
     def base(self) -> str:
         return f"http://{self.headers.get('Host')}"
 
+    def key(self, repo_id: str) -> str:
+        """The repo's key in HubState.repos and its web path: "owner/name", "datasets/owner/name"."""
+        return URL_PREFIXES[self.repo_type] + repo_id
+
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
@@ -146,13 +164,13 @@ class Handler(BaseHTTPRequestHandler):
         if not valid:
             self.error(401, None, "Invalid credentials in Authorization header")
             return None
-        repo = self.state.repos.get(repo_id)
+        repo = self.state.repos.get(self.key(repo_id))
         if repo is None or (repo.private and user is None):
             self.error(401 if user is None else 404, "RepoNotFound", "Repository not found")
             return None
         if repo.gated:
             self.error(401 if user is None else 403, "GatedRepo",
-                       f"Access to model {repo_id} is restricted and you are not in the authorized list.")
+                       f"Access to {self.repo_type} {repo_id} is restricted and you are not in the authorized list.")
             return None
         return repo
 
@@ -162,7 +180,7 @@ class Handler(BaseHTTPRequestHandler):
             self.error(401, None, "Invalid credentials in Authorization header" if not valid else
                        "You must be authenticated to write")
             return None
-        repo = self.state.repos.get(repo_id)
+        repo = self.state.repos.get(self.key(repo_id))
         if repo is None:
             self.error(404, "RepoNotFound", "Repository not found")
             return None
@@ -205,7 +223,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.create_repo()
         if parts[:2] == ["api", "validate-yaml"] and method == "POST":
             return self.json(200, {"errors": [], "warnings": []})
-        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+        if parts[:1] == ["api"] and len(parts) >= 4 and parts[1] in API_TYPES:
+            self.repo_type = API_TYPES[parts[1]]
             repo_id, rest = f"{unquote(parts[2])}/{unquote(parts[3])}", parts[4:]
             if not rest and method == "GET":
                 return self.repo_info(repo_id, "main")
@@ -222,6 +241,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.commit(repo_id, unquote(rest[1]), query)
             if len(rest) == 2 and rest[0] == "branch" and method == "POST":
                 return self.create_branch(repo_id, unquote(rest[1]))
+        if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve" and method in ("GET", "HEAD"):
+            self.repo_type = "dataset"
+            return self.resolve_file(f"{unquote(parts[1])}/{unquote(parts[2])}", unquote(parts[4]),
+                                     unquote("/".join(parts[5:])))
         if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
             return self.resolve_file(f"{unquote(parts[0])}/{unquote(parts[1])}", unquote(parts[3]),
                                      unquote("/".join(parts[4:])))
@@ -235,18 +258,20 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(401, None, "Invalid credentials in Authorization header" if not valid else
                               "You must be authenticated to create a repo")
         payload = json.loads(self.body() or b"{}")
-        if payload.get("type") not in (None, "model"):
-            return self.error(400, None, "this test server holds model repos only")
+        if (payload.get("type") or "model") not in URL_PREFIXES:
+            return self.error(400, None, "this test server holds model and dataset repos only")
+        self.repo_type = payload.get("type") or "model"
         owner = payload.get("organization") or user
         repo_id = f"{owner}/{payload['name']}"
         if owner != user:
             return self.error(403, None, "You don't have the rights to create a repo in this namespace")
-        if repo_id in self.state.repos:
-            return self.json(409, {"error": "You already created this model repo", "url": f"{self.base}/{repo_id}"})
+        if self.key(repo_id) in self.state.repos:
+            return self.json(409, {"error": f"You already created this {self.repo_type} repo",
+                                   "url": f"{self.base}/{self.key(repo_id)}"})
         private = payload.get("visibility") == "private" or payload.get("private") is True
-        repo = self.state.repos[repo_id] = Repo(private=private)
+        repo = self.state.repos[self.key(repo_id)] = Repo(private=private)
         self.state.commit(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
-        self.json(200, {"url": f"{self.base}/{repo_id}", "name": repo_id,
+        self.json(200, {"url": f"{self.base}/{self.key(repo_id)}", "name": repo_id,
                         "id": hashlib.md5(repo_id.encode()).hexdigest()})
 
     def repo_info(self, repo_id: str, revision: str) -> None:
@@ -257,10 +282,13 @@ class Handler(BaseHTTPRequestHandler):
         if oid is None:
             return
         commit = repo.commits[oid]
-        self.json(200, {"id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0], "sha": oid,
-                        "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
-                        "tags": [], "lastModified": commit["date"], "createdAt": repo.commits[repo.order[0]]["date"],
-                        "siblings": [{"rfilename": name} for name in sorted(commit["files"])]})
+        info = {"id": repo_id, "author": repo_id.split("/")[0], "sha": oid,
+                "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
+                "tags": [], "lastModified": commit["date"], "createdAt": repo.commits[repo.order[0]]["date"],
+                "siblings": [{"rfilename": name} for name in sorted(commit["files"])]}
+        if self.repo_type == "model":
+            info["modelId"] = repo_id
+        self.json(200, info)
 
     @staticmethod
     def entry(path: str, content: Optional[bytes]) -> dict:
@@ -345,7 +373,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 return self.error(400, None, f"this test server does not take {key!r} operations (no LFS)")
         oid = self.state.commit(repo, revision, files, summary)
-        self.json(200, {"success": True, "commitOid": oid, "commitUrl": f"{self.base}/{repo_id}/commit/{oid}",
+        self.json(200, {"success": True, "commitOid": oid, "commitUrl": f"{self.base}/{self.key(repo_id)}/commit/{oid}",
                         "hookOutput": ""})
 
     def create_branch(self, repo_id: str, branch: str) -> None:
@@ -370,6 +398,11 @@ class Handler(BaseHTTPRequestHandler):
         if path not in files:
             return self.error(404, "EntryNotFound", f"{path} does not exist on {revision}", {"X-Repo-Commit": oid})
         content = files[path]
+        if self.command == "GET" and repo.move is not None:
+            repo.move[2] -= 1
+            if repo.move[2] <= 0:
+                repo.branches[repo.move[0]] = repo.move[1]
+                repo.move = None
         self.reply(200, content, content_type="application/octet-stream",
                    headers={"X-Repo-Commit": oid, "ETag": f'"{git_oid(content)}"', "Accept-Ranges": "none"})
 
@@ -377,16 +410,23 @@ class Handler(BaseHTTPRequestHandler):
     def admin(self, parts: list[str]) -> None:
         if parts == ["ping"]:
             return self.json(200, {"ok": True})
-        if len(parts) == 3 and parts[0] == "commits":
-            repo = self.state.repos.get(f"{parts[1]}/{parts[2]}")
+        if len(parts) in (3, 4) and parts[0] == "commits":  # commits/owner/name, commits/datasets/owner/name
+            repo = self.state.repos.get("/".join(parts[1:]))
             if repo is None:
                 return self.error(404, "RepoNotFound", "Repository not found")
             return self.json(200, [[oid, repo.commits[oid]["summary"]] for oid in repo.order])
-        if len(parts) == 3 and parts[0] == "gate" and self.command == "POST":
-            repo = self.state.repos.get(f"{parts[1]}/{parts[2]}")
+        if len(parts) in (3, 4) and parts[0] == "gate" and self.command == "POST":
+            repo = self.state.repos.get("/".join(parts[1:]))
             if repo is None:
                 return self.error(404, "RepoNotFound", "Repository not found")
             repo.gated = True
+            return self.json(200, {})
+        if len(parts) in (3, 4) and parts[0] == "move" and self.command == "POST":
+            repo = self.state.repos.get("/".join(parts[1:]))
+            if repo is None:
+                return self.error(404, "RepoNotFound", "Repository not found")
+            query = parse_qs(urlsplit(self.path).query)
+            repo.move = [query["branch"][0], query["to"][0], int(query["after"][0])]
             return self.json(200, {})
         self.error(404, None, "unknown admin route")
 
@@ -454,14 +494,22 @@ class HubServer:
         first one; None: no token)."""
         return hub_env(self.endpoint, hf_home, next(iter(self.tokens)) if token == "default" else token, offline)
 
-    def commits(self, repo_id: str) -> list[tuple[str, str]]:
-        return [tuple(c) for c in json.loads(self.request(f"/_admin/commits/{repo_id}"))]
+    def commits(self, repo_id: str, repo_type: str = "model") -> list[tuple[str, str]]:
+        return [tuple(c) for c in json.loads(self.request(f"/_admin/commits/{URL_PREFIXES[repo_type]}{repo_id}"))]
 
-    def file(self, repo_id: str, path: str, revision: str = "main") -> bytes:
-        return self.request(f"/{repo_id}/resolve/{revision}/{path}", token=next(iter(self.tokens)))
+    def file(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "model") -> bytes:
+        return self.request(f"/{URL_PREFIXES[repo_type]}{repo_id}/resolve/{revision}/{path}",
+                            token=next(iter(self.tokens)))
 
-    def gate(self, repo_id: str) -> None:
-        self.request(f"/_admin/gate/{repo_id}", method="POST")
+    def gate(self, repo_id: str, repo_type: str = "model") -> None:
+        self.request(f"/_admin/gate/{URL_PREFIXES[repo_type]}{repo_id}", method="POST")
+
+    def move_after_downloads(self, repo_id: str, branch: str, oid: str, downloads: int,
+                             repo_type: str = "model") -> None:
+        """Point `branch` at commit `oid` once `downloads` more files of the repo have been sent, as
+        if someone pushed while a client was downloading."""
+        self.request(f"/_admin/move/{URL_PREFIXES[repo_type]}{repo_id}?branch={branch}&to={oid}&after={downloads}",
+                     method="POST")
 
     def stop(self) -> None:
         from process_util import stop_process

@@ -1,5 +1,6 @@
-"""`trm-ray data build text`: exact token arrays, splits, determinism, BPE, the hub source (from a
-Hugging Face cache filled by hand, offline), the generators, one-line errors, Ray and URI builds.
+"""`trm-ray data build text`: exact token arrays, splits, determinism, BPE, the hub source (a dataset
+repo on the real Hub-protocol server of tests/hub_server.py, online, then offline from the cache it
+filled), the generators, one-line errors, Ray and URI builds.
 
 Expected arrays are computed here from the contract (trm_ray/text/build.py's docstring): byte b is
 id 3 + b, each document [BOS=1] + ids + [EOS=2], a split's documents concatenated in source order,
@@ -19,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from trm_ray import storage
+from hub_server import hub_env
 from trm_ray.cli.main import main
 from trm_ray.data import layout
 from trm_ray.data.layout import DatasetError
@@ -268,87 +270,163 @@ def test_generators_are_deterministic_and_chat_answers_follow_from_questions():
 
 
 # ---------------------------------------------------------------------------------------------
-# hub source, from a Hugging Face cache filled by hand (offline: nothing is downloaded)
+# hub source, against a real Hub-protocol server on 127.0.0.1 (tests/hub_server.py)
 # ---------------------------------------------------------------------------------------------
-def test_hub_source_reads_the_cache_offline(tmp_path):
+HUB_TOKEN = "hf_alice_writes_text"
+HUB_REPO = "alice/tiny-stories"
+# The dataset repo as uploaded: three parquet files (read in name order), files of other kinds the
+# build must leave alone (JSON Lines and text come after parquet), a card and a metadata file.
+HUB_PARQUET = {"data/train-00000.parquet": ["Story one.", "Story two.", "Story three."],
+               "data/train-00001.parquet": ["Story four.", "Story five."],
+               "data/train-00002.parquet": ["Story six."]}
+HUB_OTHER = {"data/extra.jsonl": '{"text": "JSON Lines are read only when there is no parquet"}\n',
+             "notes.txt": "text files come after JSON Lines\n",
+             "README.md": "---\nlicense: mit\ntask_categories:\n- text-generation\n---\n# Tiny stories\n",
+             "dataset_infos.json": '{"default": {"features": {"text": {"dtype": "string"}}}}'}
+# A second commit on main (after branch v1 was made) replaces the first file.
+HUB_MAIN_FIRST_FILE = ["Changed on main."]
+# Uploads with huggingface_hub's own API, as a user would (HF_ENDPOINT and HF_TOKEN from the
+# environment): the repo, branch v1 at the first upload, then a change on main, and branch live
+# there (for the test that moves it).
+HUB_UPLOAD = r"""
+import sys
+from huggingface_hub import HfApi
+folder, changed = sys.argv[1:]
+api = HfApi()
+api.create_repo("alice/tiny-stories", repo_type="dataset")
+api.upload_folder(folder_path=folder, repo_id="alice/tiny-stories", repo_type="dataset", commit_message="stories v1")
+api.create_branch("alice/tiny-stories", branch="v1", repo_type="dataset")
+api.upload_file(path_or_fileobj=changed, path_in_repo="data/train-00000.parquet", repo_id="alice/tiny-stories",
+                repo_type="dataset", commit_message="stories v2")
+api.create_branch("alice/tiny-stories", branch="live", repo_type="dataset")
+"""
+
+
+def write_parquet(path, texts) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    commit = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = tmp_path / "cache" / "datasets--alice--tiny-stories"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    (snapshot / "data").mkdir(parents=True)
-    texts = [f"Story number {k}." for k in range(5)]
-    pq.write_table(pa.table({"text": texts[:3], "id": [0, 1, 2]}), snapshot / "data" / "train-00000.parquet")
-    pq.write_table(pa.table({"text": texts[3:]}), snapshot / "data" / "train-00001.parquet")
-    (snapshot / "README.md").write_text("# a card, not data\n")
-    (snapshot / "extra.jsonl").write_text('{"text": "jsonl is read only when there is no parquet"}\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "home"),
-               HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_TELEMETRY="1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": texts, "id": list(range(len(texts)))}), path)
 
-    def cli(*args):  # a new process: huggingface_hub reads HF_* when it is imported
-        done = subprocess.run([sys.executable, "-c", "from trm_ray.cli.main import main; main()", *args],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        return done.returncode, done.stdout + done.stderr
 
-    code, output = cli("data", "build", "text", "--source", "hf:alice/tiny-stories", "--max-documents", "4",
-                       "--max-sequence-length", "16", "--validation-fraction", "0.25", "--output-dir", "out", "--no-ray")
+@pytest.fixture(scope="module")
+def hub_dataset(tmp_path_factory):
+    """The test Hub server holding HUB_REPO; yields (server, v1 commit, main commit), the commits
+    read back over plain HTTP."""
+    from hub_server import HubServer
+
+    folder = tmp_path_factory.mktemp("hub-upload")
+    repo = folder / "repo"
+    for name, texts in HUB_PARQUET.items():
+        write_parquet(repo / name, texts)
+    for name, text in HUB_OTHER.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    write_parquet(folder / "changed.parquet", HUB_MAIN_FIRST_FILE)
+    server = HubServer.start(tokens={HUB_TOKEN: "alice"})
+    try:
+        done = subprocess.run([sys.executable, "-c", HUB_UPLOAD, str(repo), str(folder / "changed.parquet")],
+                              env=server.env(folder / "hf-home"), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        commits = server.commits(HUB_REPO, repo_type="dataset")
+        assert [summary for _, summary in commits] == ["initial commit", "stories v1", "stories v2"]
+        v1, main_ = commits[1][0], commits[2][0]
+        for name in (*HUB_PARQUET, *HUB_OTHER):
+            assert server.file(HUB_REPO, name, revision=v1, repo_type="dataset") == (repo / name).read_bytes(), name
+        assert (server.file(HUB_REPO, "data/train-00000.parquet", repo_type="dataset")
+                == (folder / "changed.parquet").read_bytes())
+        yield server, v1, main_
+    finally:
+        server.stop()
+
+
+def text_cli(env, cwd, *args) -> tuple[int, str]:
+    """`trm-ray data build text ...` in a new process: huggingface_hub reads HF_* when imported."""
+    done = subprocess.run([sys.executable, "-c", "from trm_ray.cli.main import main; main()",
+                           "data", "build", "text", *args, "--no-ray"],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def cached_files(hf_home, repo_id: str) -> dict[str, list[str]]:
+    """What the Hugging Face cache holds of a dataset repo: commit -> the files downloaded at it."""
+    snapshots = hf_home / "hub" / f"datasets--{repo_id.replace('/', '--')}" / "snapshots"
+    if not snapshots.exists():
+        return {}
+    return {commit.name: sorted(str(p.relative_to(commit)) for p in commit.rglob("*") if p.is_file())
+            for commit in snapshots.iterdir()}
+
+
+def test_hub_source_online_fetches_only_the_files_it_needs(hub_dataset, tmp_path):
+    """A revision (branch v1) is pinned to its commit; parquet files are preferred over the repo's
+    JSON Lines and text, metadata files are not read, and downloading stops at --max-documents."""
+    server, v1, _ = hub_dataset
+    args = ("--source", f"hf:{HUB_REPO}@v1", "--max-documents", "4", "--max-sequence-length", "16",
+            "--validation-fraction", "0.25")
+    code, output = text_cli(server.env(tmp_path / "hf-home", token=None), tmp_path, *args, "--output-dir", "out")
     assert code == 0, output
     assert "train 3 documents" in output and "validation 1 documents" in output
+    # v1's documents (main changed its first file since), the first 4 of them in file order
+    texts = [t for name in sorted(HUB_PARQUET) for t in HUB_PARQUET[name]][:4]
     train, validation = split_of(4, 0.25, 0)
     for split, picked in (("train", train), ("test", validation)):
         expected = windows([texts[i] for i in picked], 16)
-        np.testing.assert_array_equal(arrays(tmp_path / "out", split)[0], expected[:, :16])
-    assert load_text_info(tmp_path / "out").sources == [f"hf:alice/tiny-stories@{commit}"]
-    code, output = cli("data", "build", "text", "--source", "hf:alice/not-cached", "--max-sequence-length", "16",
-                       "--output-dir", "out2", "--no-ray")
+        inputs, labels = arrays(tmp_path / "out", split)
+        np.testing.assert_array_equal(inputs, expected[:, :16])
+        np.testing.assert_array_equal(labels, expected[:, 1:])
+    # the third parquet file was not needed, and nothing else was fetched
+    assert cached_files(tmp_path / "hf-home", HUB_REPO) == {
+        v1: ["data/train-00000.parquet", "data/train-00001.parquet"]}
+    assert load_text_info(tmp_path / "out").sources == [f"hf:{HUB_REPO}@{v1}"]
+    build = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert build["text"]["sources"] == [f"hf:{HUB_REPO}@{v1}"]
+    # the cache knows the branch too: the same command offline gives the same bytes
+    code, output = text_cli(hub_env("http://127.0.0.1:9", tmp_path / "hf-home", offline=True), tmp_path, *args,
+                            "--output-dir", "offline")
+    assert code == 0, output
+    assert dataset_bytes(tmp_path / "offline") == dataset_bytes(tmp_path / "out")
+
+
+def test_hub_source_offline_rebuilds_from_what_an_online_build_cached(hub_dataset, tmp_path):
+    """Built once online (main, every file), then again with HF_HUB_OFFLINE=1 and an endpoint
+    nothing answers on: the same bytes, from the cache; a repo never downloaded is a one-line error."""
+    server, _, main_ = hub_dataset
+    hf_home = tmp_path / "hf-home"
+    args = ("--source", f"hf:{HUB_REPO}", "--max-sequence-length", "16", "--validation-fraction", "0.25")
+    code, output = text_cli(server.env(hf_home, token=None), tmp_path, *args, "--output-dir", "online")
+    assert code == 0, output
+    texts = HUB_MAIN_FIRST_FILE + [t for name in sorted(HUB_PARQUET)[1:] for t in HUB_PARQUET[name]]
+    train, validation = split_of(len(texts), 0.25, 0)
+    for split, picked in (("train", train), ("test", validation)):
+        expected = windows([texts[i] for i in picked], 16)
+        np.testing.assert_array_equal(arrays(tmp_path / "online", split)[0], expected[:, :16])
+    assert cached_files(hf_home, HUB_REPO) == {main_: sorted(HUB_PARQUET)}
+    assert load_text_info(tmp_path / "online").sources == [f"hf:{HUB_REPO}@{main_}"]
+
+    offline = hub_env("http://127.0.0.1:9", hf_home, offline=True)
+    code, output = text_cli(offline, tmp_path, *args, "--output-dir", "offline")
+    assert code == 0, output
+    assert dataset_bytes(tmp_path / "offline") == dataset_bytes(tmp_path / "online")
+    code, output = text_cli(offline, tmp_path, "--source", "hf:alice/not-cached", "--max-sequence-length", "16",
+                            "--output-dir", "out2")
     lines = [line for line in output.strip().splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), output
     assert "alice/not-cached" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0] and nothing_left(tmp_path, "out2")
 
 
-def test_hub_source_online_fetches_only_the_files_it_needs(tmp_path, monkeypatch):
-    """The online branch with huggingface_hub's three calls replaced by a repo in a folder (the
-    test Hub server of tests/hub_server.py holds model repos only): the preferred kind of data
-    file is read, metadata files are not, and files are fetched only until --max-documents."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    repo = tmp_path / "repo"
-    (repo / "data").mkdir(parents=True)
-    for k in range(3):
-        (repo / "data" / f"part-{k}.jsonl").write_text("".join(json.dumps({"text": f"file {k} doc {j}"}) + "\n"
-                                                               for j in range(2)))
-    (repo / "dataset_infos.json").write_text('{"default": {}}')
-    (repo / "notes.txt").write_text("text files come after JSON Lines")
-    fetched = []
-
-    class Api:
-        def dataset_info(self, repo_id, revision=None):
-            assert repo_id == "bob/chunks" and revision == "v1"
-            return type("Info", (), {"sha": "c" * 40})()
-
-        def list_repo_files(self, repo_id, repo_type=None, revision=None):
-            assert (repo_type, revision) == ("dataset", "c" * 40)
-            return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
-
-    def download(repo_id, filename, repo_type=None, revision=None):
-        assert (repo_id, repo_type, revision) == ("bob/chunks", "dataset", "c" * 40)
-        fetched.append(filename)
-        return str(repo / filename)
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    info = build_text_dataset(source="hf:bob/chunks@v1", max_documents=3, output_dir=str(tmp_path / "out"),
-                              max_sequence_length=64, validation_fraction=0, use_ray=False)
-    assert fetched == ["data/part-0.jsonl", "data/part-1.jsonl"]
-    expected = windows(["file 0 doc 0", "file 0 doc 1", "file 1 doc 0"], 64)
-    np.testing.assert_array_equal(arrays(tmp_path / "out", "train")[0], expected[:, :64])
-    assert info["text"]["sources"] == ["hf:bob/chunks@" + "c" * 40]
+def test_hub_source_that_moves_during_the_build_is_an_error(hub_dataset, tmp_path):
+    """Branch live is pointed back at v1 once its first file is sent (someone pushed): the second
+    file would come from another commit than the one listed, so the build stops in one line."""
+    server, v1, main_ = hub_dataset
+    server.move_after_downloads(HUB_REPO, "live", v1, 1, repo_type="dataset")
+    code, output = text_cli(server.env(tmp_path / "hf-home", token=None), tmp_path, "--source", f"hf:{HUB_REPO}@live",
+                            "--max-sequence-length", "16", "--output-dir", "out")
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "changed on the hub during the build" in lines[0] and main_ in lines[0] and nothing_left(tmp_path)
+    assert cached_files(tmp_path / "hf-home", HUB_REPO) == {main_: ["data/train-00000.parquet"],
+                                                             v1: ["data/train-00001.parquet"]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,7 +200,15 @@ def _hub_documents(source: str, lowercase: bool, limit: Optional[int]) -> tuple[
             names = sorted(api.list_repo_files(repo_id, repo_type="dataset", revision=commit))
 
             def fetch(name: str) -> str:
-                return hf_hub_download(repo_id, name, repo_type="dataset", revision=commit)
+                # By the revision as given (not the commit), so the cache records the branch -> commit
+                # ref and the same --source works again with HF_HUB_OFFLINE=1; the file must still
+                # come from the commit that was listed (a branch that moved meanwhile is an error).
+                path = hf_hub_download(repo_id, name, repo_type="dataset", revision=revision or "main")
+                if not os.path.normpath(path).endswith(os.path.join("snapshots", commit, *name.split("/"))):
+                    raise DatasetBuildError(f"dataset {repo_id!r} changed on the hub during the build (revision "
+                                            f"{revision or 'main'} is no longer commit {commit}): run it again, or "
+                                            f"pin a commit with --source hf:{repo_id}@<commit>")
+                return path
     except ImportError:  # pragma: no cover - a dependency of trm-ray
         raise DatasetBuildError("--source hf:... needs huggingface_hub: pip install huggingface_hub") from None
     except Exception as error:  # noqa: BLE001 - offline, unknown repo, no permission: all end the same way
@@ -216,6 +224,8 @@ def _hub_documents(source: str, lowercase: bool, limit: Optional[int]) -> tuple[
     for name in (n for n in data if n.lower().endswith(kind)):
         try:
             path = fetch(name)
+        except DatasetBuildError:
+            raise
         except Exception as error:  # noqa: BLE001 - as above
             raise DatasetBuildError(f"cannot fetch {name} of dataset {repo_id!r} from the Hugging Face hub "
                                     f"({first_line(error)}): {hint}") from None
