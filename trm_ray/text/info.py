@@ -115,8 +115,9 @@ __all__ = ["TEXT_INFO_FILE", "TOKENIZER_FILE", "TextInfo", "TokenizerInfo", "is_
 
 
 def check_text_task(config) -> None:
-    """A run on text datasets needs a causal model and one tokenizer; a TrainConfig whose
-    datasets are all puzzles passes untouched. Raises ConfigError (one line)."""
+    """A run on text datasets needs a causal model and one tokenizer, matching its text.json; a
+    TrainConfig whose datasets are all puzzles passes untouched. Raises ConfigError or
+    DatasetError (one line)."""
     from trm_ray.config import ConfigError
 
     paths = list(dict.fromkeys([*config.data_paths, *config.eval_paths]))
@@ -127,6 +128,8 @@ def check_text_task(config) -> None:
         puzzles = next(p for p in paths if p not in text)
         raise ConfigError(f"data paths mix text datasets ({next(iter(text))}) with a puzzle dataset ({puzzles}); "
                           f"train on one kind")
+    for path, info in text.items():
+        load_tokenizer(path, info)  # a tokenizer.json that does not match text.json: one line now, not in a worker
     digests = {info.tokenizer.sha256 for info in text.values()}
     if len(digests) > 1:
         raise ConfigError(f"the text datasets {', '.join(text)} were built with different tokenizers; build them "
