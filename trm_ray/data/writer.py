@@ -266,6 +266,23 @@ class DatasetWriter:
             writer.num_groups += 1
             writer.group_indices.append(np.array([writer.num_puzzles], np.int32))
 
+    def add_examples(self, split: str, inputs: np.ndarray, labels: np.ndarray) -> None:
+        """Append n groups of one puzzle of one example each, with the blank identifier: the same
+        bytes as n `add` calls (a text dataset's windows; millions of them for a large corpus)."""
+        if split not in self._splits:
+            self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self.vocab_size,
+                                               self._writes)
+        writer, n = self._splits[split], inputs.shape[0]
+        steps = np.arange(1, n + 1, dtype=np.int64)
+        writer.inputs.append(inputs)
+        writer.labels.append(labels)
+        writer.puzzle_identifiers.append(np.zeros(n, np.int32))
+        writer.puzzle_indices.append((writer.num_examples + steps).astype(np.int32))
+        writer.group_indices.append((writer.num_puzzles + steps).astype(np.int32))
+        writer.num_examples += n
+        writer.num_puzzles += n
+        writer.num_groups += n
+
     def _identify(self, names: list[str]) -> list[int]:
         """Identifiers of `names`, new names numbered on in order of first appearance (dict and
         map calls instead of a Python loop: an ARC build has a million names)."""

@@ -37,7 +37,6 @@ import numpy as np
 
 from trm_ray import storage
 from trm_ray.data.builder import FORMAT_VERSION, _versions, local_cpus, ordered_map, ray_at_hand
-from trm_ray.data.groups import Group, SplitPart
 from trm_ray.data.sources import DatasetBuildError
 from trm_ray.data.writer import DatasetWriter
 from trm_ray.errors import first_line
@@ -442,10 +441,7 @@ def _write_split(writer: DatasetWriter, split: str, texts: list[str], tokenizer_
 
     windows = 0
     for block in pack_windows(streams(), seq_len):
-        inputs, labels = block[:, :seq_len], block[:, 1:]
-        for row in range(block.shape[0]):
-            writer.add(Group(parts={split: SplitPart(names=[""], puzzle_sizes=[1], inputs=inputs[row:row + 1],
-                                                     labels=labels[row:row + 1])}))
+        writer.add_examples(split, block[:, :seq_len], block[:, 1:])
         windows += block.shape[0]
     return {"documents": len(texts), "windows": windows, "tokens": counted["tokens"]}
 
