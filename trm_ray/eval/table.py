@@ -10,7 +10,10 @@ from __future__ import annotations
 def format_metrics(metrics: dict[str, float], wilson_lines: bool = True) -> str:
     """A table: one row per set (and `all sets`), exact accuracy with its 95% interval; then,
     with wilson_lines, the same intervals as the alphaXiv fork's eval script prints them
-    (format_wilson_lines)."""
+    (format_wilson_lines). A text evaluation (text/val_loss present) gets its own table instead:
+    whole-window exact accuracy says nothing about a language model."""
+    if "text/val_loss" in metrics:
+        return format_text_metrics(metrics)
     header = f"{'set':<16} {'count':>8} {'exact_accuracy':>14} {'95% interval':>18} {'accuracy':>9} {'q_halt_acc':>10}"
     lines = [header, "-" * len(header)]
     for label, prefix in _table_rows(metrics):
@@ -20,6 +23,22 @@ def format_metrics(metrics: dict[str, float], wilson_lines: bool = True) -> str:
     if wilson_lines and (wilson := format_wilson_lines(metrics)):
         lines += ["", wilson]
     others = {k: v for k, v in metrics.items() if not k.startswith("eval/") and k != "eval"}
+    if others:
+        lines.append("")
+        lines += [f"{k:<16} {v:.4f}" for k, v in others.items()]
+    return "\n".join(lines)
+
+
+def format_text_metrics(metrics: dict[str, float]) -> str:
+    """The validation split of a text dataset: windows, label tokens, loss in nats per token,
+    perplexity and next-token accuracy (trm_ray/text/evaluate.py), then any other metric."""
+    header = f"{'split':<12} {'windows':>8} {'tokens':>10} {'val_loss':>9} {'perplexity':>10} {'next_token_acc':>14}"
+    row = (f"{'validation':<12} {int(metrics.get('eval/count', 0)):>8} {int(metrics.get('text/tokens', 0)):>10} "
+           f"{metrics['text/val_loss']:>9.4f} {metrics.get('text/perplexity', float('nan')):>10.3f} "
+           f"{metrics.get('text/next_token_accuracy', float('nan')):>14.4f}")
+    shown = {"text/val_loss", "text/perplexity", "text/next_token_accuracy", "text/tokens"}
+    others = {k: v for k, v in metrics.items() if not k.startswith("eval/") and k != "eval" and k not in shown}
+    lines = [header, "-" * len(header), row]
     if others:
         lines.append("")
         lines += [f"{k:<16} {v:.4f}" for k, v in others.items()]
