@@ -81,7 +81,8 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
     tracker: Tracker = NullTracker()
     if rank == 0:
         tracker = create_tracker(config, run_dir=session.run_dir, num_parameters=state.num_parameters)
-    progress = Progress(data.total_steps, state.step, enabled=rank == 0, samples_per_step=config.global_batch_size)
+    progress = Progress(data.total_steps, state.step, enabled=rank == 0, samples_per_step=config.global_batch_size,
+                        exact=data.score.key == EVAL_METRIC)
     if state.step:
         progress.message(f"trm-ray: resumed at step {state.step} (iteration {data.train.iteration})")
     reports = Reports(session, tracker, progress, ReportCadence(report_every_steps, report_every_s),

@@ -71,8 +71,9 @@ class Progress:
 
     def __init__(self, total_steps: int, start_step: int, enabled: bool, every_s: float = 10.0, *,
                  samples_per_step: Optional[int] = None, clock: Callable[[], float] = time.perf_counter,
-                 out: Optional[Callable[[str], None]] = None):
+                 out: Optional[Callable[[str], None]] = None, exact: bool = True):
         self.enabled = enabled and not in_sweep_trial()
+        self.exact = exact  # whole-row exact accuracy: a puzzle's answer, meaningless for a text window
         self.every_s, self.total, self.samples_per_step = every_s, total_steps, samples_per_step
         self.clock, self.out = clock, out
         self.last_print = clock()
@@ -94,11 +95,12 @@ class Progress:
             return f"{per_s * self.samples_per_step:.0f} samples/s", per_s
         return f"{per_s:.2f} steps/s", per_s
 
-    @staticmethod
-    def _summary(metrics: Mapping[str, float]) -> str:
-        return (f"loss {metrics.get('train/lm_loss', float('nan')):.4f} "
-                f"acc {metrics.get('train/accuracy', float('nan')):.3f} "
-                f"exact {metrics.get('train/exact_accuracy', float('nan')):.3f}")
+    def _summary(self, metrics: Mapping[str, float]) -> str:
+        summary = (f"loss {metrics.get('train/lm_loss', float('nan')):.4f} "
+                   f"acc {metrics.get('train/accuracy', float('nan')):.3f}")
+        if self.exact:
+            summary += f" exact {metrics.get('train/exact_accuracy', float('nan')):.3f}"
+        return summary
 
     def line(self, step: int, metrics: Mapping[str, float], seconds: float) -> str:
         """The progress line for `step`, `seconds` after the previous one (at self.last_step)."""
