@@ -23,7 +23,7 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
-from trm_ray.cli import one_line
+from trm_ray.cli import checkpoint_of_run, one_line
 
 from trm_ray.config import ConfigError
 
@@ -227,23 +227,9 @@ def _run_config(path: str) -> dict[str, Any]:
 
 
 def _checkpoint_of_run(checkpoint: str) -> str:
-    """A run folder (what `trm-ray train` prints as `run folder:`) stands for its best
-    checkpoint, else its last one; anything else is returned as given."""
-    from trm_ray.checkpoint import CheckpointError
-    from trm_ray.hub import is_hub_path
-    from trm_ray.run_folder import run_started, summarize
-
-    if is_hub_path(checkpoint):  # never a run folder; asking the Hub whether it is would fail offline
-        return checkpoint
-    if not run_started(checkpoint.rstrip("/")):
-        return checkpoint
-    run = summarize(checkpoint.rstrip("/"))
-    chosen = run.best_checkpoint or run.last_checkpoint
-    if chosen is None:
-        raise CheckpointError(f"run folder {checkpoint!r} has no checkpoint yet: evaluate it after its first "
-                              f"evaluation interval, or pass a checkpoint folder")
-    click.echo(f"trm-ray: run folder {checkpoint}: evaluating its {'best' if run.best_checkpoint else 'last'} "
-               f"checkpoint {chosen}")
+    chosen, which = checkpoint_of_run(checkpoint, "evaluate it")
+    if which:
+        click.echo(f"trm-ray: run folder {checkpoint}: evaluating its {which} checkpoint {chosen}")
     return chosen
 
 

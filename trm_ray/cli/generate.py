@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from trm_ray.cli import one_line
+from trm_ray.cli import checkpoint_of_run, one_line
 
 
 @click.command(
@@ -46,7 +46,7 @@ def generate(checkpoint: str, prompt: str, max_new_tokens: int, temperature: flo
         from trm_ray.text.generate import check_settings, generate_ids
 
         check_settings(max_new_tokens, temperature, top_k)
-        model, tokenizer, info = load_text_model(_checkpoint_of_run(checkpoint))
+        model, tokenizer, info = load_text_model(checkpoint_of_run(checkpoint, "generate")[0])
         if use_gpu:
             import torch
 
@@ -101,19 +101,3 @@ def _load_local(local: Path, given: str) -> tuple[Any, Any, Any]:
                               f"model of {given!r} ({vocab} ids): use the tokenizer.json of the dataset it was "
                               f"trained on")
     return model, tokenizer, info
-
-
-def _checkpoint_of_run(checkpoint: str) -> str:
-    """A run folder stands for its best checkpoint, else its last one; anything else is itself."""
-    from trm_ray.checkpoint import CheckpointError
-    from trm_ray.hub import is_hub_path
-    from trm_ray.run_folder import run_started, summarize
-
-    if is_hub_path(checkpoint) or not run_started(checkpoint.rstrip("/")):
-        return checkpoint
-    run = summarize(checkpoint.rstrip("/"))
-    chosen = run.best_checkpoint or run.last_checkpoint
-    if chosen is None:
-        raise CheckpointError(f"run folder {checkpoint!r} has no checkpoint yet: generate after its first evaluation "
-                              f"interval, or pass a checkpoint folder")
-    return chosen
