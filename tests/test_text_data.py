@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cli_util import assert_one_line_failure
+
 from trm_ray import storage
 from hub_server import hub_env
 from trm_ray.cli.main import main
@@ -91,14 +93,6 @@ def dataset_bytes(folder) -> dict[str, bytes]:
 
 def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def assert_one_line_failure(result, *words):
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 def nothing_left(folder, name="out") -> bool:

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cli_util import assert_one_line_failure
+
 from trm_ray.cli.main import main
 from trm_ray.text.build import build_text_dataset
 
@@ -24,14 +26,6 @@ DOCUMENTS = ["Hi\nthere", "Second doc \u00e9"]
 
 def run(*args):
     return CliRunner().invoke(main, ["data", "inspect", *map(str, args)], catch_exceptions=False)
-
-
-def assert_one_line_failure(result, *words):
-    assert result.exit_code != 0
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 def write_jsonl(path, texts):
