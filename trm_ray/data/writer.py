@@ -249,10 +249,7 @@ class DatasetWriter:
             raise DatasetBuildError(group.error)
         for split in sorted(group.parts, key=layout.SPLITS.index):  # train first, as the reference numbers them
             part = group.parts[split]
-            if split not in self._splits:
-                self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self.vocab_size,
-                                                   self._writes)
-            writer = self._splits[split]
+            writer = self._split_writer(split)
             if self.use_identifiers:
                 ids = self._identify(part.names)
             else:
@@ -269,10 +266,7 @@ class DatasetWriter:
     def add_examples(self, split: str, inputs: np.ndarray, labels: np.ndarray) -> None:
         """Append n groups of one puzzle of one example each, with the blank identifier: the same
         bytes as n `add` calls (a text dataset's windows; millions of them for a large corpus)."""
-        if split not in self._splits:
-            self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self.vocab_size,
-                                               self._writes)
-        writer, n = self._splits[split], inputs.shape[0]
+        writer, n = self._split_writer(split), inputs.shape[0]
         steps = np.arange(1, n + 1, dtype=np.int64)
         writer.inputs.append(inputs)
         writer.labels.append(labels)
@@ -282,6 +276,13 @@ class DatasetWriter:
         writer.num_examples += n
         writer.num_puzzles += n
         writer.num_groups += n
+
+    def _split_writer(self, split: str) -> _SplitWriter:
+        """The files of `split`, opened on its first rows."""
+        if split not in self._splits:
+            self._splits[split] = _SplitWriter(os.path.join(self.staging, split), self.seq_len, self.vocab_size,
+                                               self._writes)
+        return self._splits[split]
 
     def _identify(self, names: list[str]) -> list[int]:
         """Identifiers of `names`, new names numbered on in order of first appearance (dict and
