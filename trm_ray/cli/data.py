@@ -236,8 +236,8 @@ def inspect(dataset_dir: str, png_path: Optional[str], split: str, num_groups: i
     windows decoded back to text, as the model reads them.
     """
     from trm_ray.data import layout
-    from trm_ray.data.inspect import format_summary, is_text_dataset, png_refusal, render_png, summarize, \
-        text_window_lines
+    from trm_ray.data.inspect import format_summary, png_refusal, render_png, summarize, text_window_lines
+    from trm_ray.text.info import is_text_dataset
 
     try:
         text = is_text_dataset(dataset_dir)

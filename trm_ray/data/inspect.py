@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from trm_ray.data import layout
+from trm_ray.text.info import SPLIT_NAMES, is_text_dataset
 from trm_ray.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -65,17 +66,6 @@ def summarize(dataset_dir: str) -> dict[str, Any]:
     return out
 
 
-def is_text_dataset(dataset_dir: str) -> bool:
-    """`dataset_dir` (a local folder or a URI) is a text dataset: it has text.json."""
-    from trm_ray.text.info import is_text_dataset as has_text_info
-
-    return has_text_info(dataset_dir)
-
-
-# The layout's held-out split holds a text dataset's validation documents (text.json's name).
-_TEXT_SPLIT_NAMES = {"train": "train", "test": "validation"}
-
-
 def _text_summary(dataset_dir: str, splits: dict[str, Any]) -> dict[str, Any]:
     """text.json's facts, checked against tokenizer.json (a mismatch is load_tokenizer's one-line
     DatasetError), with the windows per split counted from the arrays on disk."""
@@ -85,7 +75,7 @@ def _text_summary(dataset_dir: str, splits: dict[str, Any]) -> dict[str, Any]:
     load_tokenizer(dataset_dir, info)
     per_split = {}
     for split in layout.SPLITS:
-        name = _TEXT_SPLIT_NAMES.get(split, split)
+        name = SPLIT_NAMES.get(split, split)
         if split not in splits:  # no documents there (e.g. --validation-fraction 0): no folder written
             per_split[split] = {"name": name, "documents": info.documents.get(name, 0),
                                 "tokens": info.tokens.get(name, 0), "missing": True}
@@ -205,7 +195,7 @@ def text_window_lines(dataset_dir: str, num_windows: int = 3, split: str = "trai
     local = _local(dataset_dir)
     info = load_text_info(local)
     tokenizer = load_tokenizer(local, info)
-    name = _TEXT_SPLIT_NAMES.get(split, split)
+    name = SPLIT_NAMES.get(split, split)
     if not layout.metadata_path(local, split).is_file():
         raise layout.DatasetError(f"{dataset_dir!r} has no {split}/ folder (it holds no {name} "
                                   f"documents): inspect another split (--split)")

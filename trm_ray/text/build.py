@@ -42,7 +42,7 @@ from trm_ray.data.writer import DatasetWriter
 from trm_ray.errors import first_line
 from trm_ray.text import records as R
 from trm_ray.text import stories
-from trm_ray.text.info import TextInfo, tokenizer_info
+from trm_ray.text.info import SPLIT_NAMES, TextInfo, tokenizer_info
 from trm_ray.text.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -67,8 +67,6 @@ POOL_MIN_CHARS = 1 << 23
 # Data files a hub dataset repo is read from, by preference: the first kind it has is used.
 HUB_KINDS = (R.PARQUET, R.JSONL, R.JSON, R.TXT)
 HUB_METADATA_FILES = ("dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json")
-# The layout's split -> what text.json and the summary call it (the held-out split is validation).
-SPLIT_NAMES = {"train": "train", "test": "validation"}
 # Generated documents from which a local build generates in worker processes.
 POOL_MIN_GENERATED = 20_000
 

@@ -24,6 +24,9 @@ from trm_ray.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, TEXT_INFO_FILE, TOKEN
 
 TEXT_FORMAT = "trm-ray-text"
 TEXT_FORMAT_VERSION = 1
+# The layout's split -> what text.json and the console call it: the held-out split holds the
+# validation documents.
+SPLIT_NAMES = {"train": "train", "test": "validation"}
 
 
 class TokenizerInfo(BaseModel):
