@@ -183,6 +183,7 @@ def _reject(flags: dict[str, Any], names: tuple[str, ...], what: str, here: str)
 def _build_text(flags: dict[str, Any]) -> None:
     from trm_ray.data.sources import DatasetBuildError
     from trm_ray.storage import StorageError
+    from trm_ray.text.build import DEFAULT_SEED, DEFAULT_TOKENIZER, DEFAULT_VALIDATION_FRACTION, build_text_dataset
 
     _reject(flags, PUZZLE_ONLY, "puzzle options", "`trm-ray data build text`")
     if not flags["output_dir"]:
@@ -195,9 +196,10 @@ def _build_text(flags: dict[str, Any]) -> None:
         output_dir=flags["output_dir"],
         max_sequence_length=flags["max_sequence_length"],
         lowercase=bool(flags["lowercase"]),
-        tokenizer=flags["tokenizer"] or "byte",
-        validation_fraction=0.05 if flags["validation_fraction"] is None else flags["validation_fraction"],
-        seed=0 if flags["seed"] is None else flags["seed"],
+        tokenizer=flags["tokenizer"] or DEFAULT_TOKENIZER,
+        validation_fraction=DEFAULT_VALIDATION_FRACTION if flags["validation_fraction"] is None
+        else flags["validation_fraction"],
+        seed=DEFAULT_SEED if flags["seed"] is None else flags["seed"],
         num_documents=flags["num_documents"],
         max_documents=flags["max_documents"],
     )
@@ -206,8 +208,6 @@ def _build_text(flags: dict[str, Any]) -> None:
 
         click.echo(yaml.safe_dump({"kind": TEXT, **options}, sort_keys=False).rstrip())
         return
-    from trm_ray.text.build import build_text_dataset
-
     try:
         build_text_dataset(**options, overwrite=flags["overwrite"], use_ray=flags["use_ray"], num_cpus=flags["num_cpus"],
                            log=click.echo)

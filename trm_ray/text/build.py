@@ -57,6 +57,8 @@ KIND = "text"
 HUB_PREFIX = "hf:"
 GENERATE_PREFIX = "generate:"
 DEFAULT_NUM_DOCUMENTS = 2000
+# What `trm-ray data build text` uses for an option not given (the command line reads these).
+DEFAULT_TOKENIZER, DEFAULT_VALIDATION_FRACTION, DEFAULT_SEED = "byte", 0.05, 0
 # Documents per generating task, and characters per tokenizing task (a few MB of text: large
 # enough to repay a task's start, small enough to spread a corpus over the CPUs).
 GENERATE_CHUNK = 500
@@ -310,9 +312,9 @@ def build_text_dataset(
     output_dir: str,
     max_sequence_length: int,
     lowercase: bool = False,
-    tokenizer: str = "byte",
-    validation_fraction: float = 0.05,
-    seed: int = 0,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    seed: int = DEFAULT_SEED,
     num_documents: Optional[int] = None,
     max_documents: Optional[int] = None,
     overwrite: bool = False,
