@@ -38,7 +38,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import math
 import netrc
 import os
 import re
@@ -305,11 +304,10 @@ def finish_run(run: Any, timeout_s: float = 60.0) -> None:
 class WandbTracker:
     """One W&B run per training run; a resumed training run continues the same W&B run."""
 
-    score: Score = PUZZLE_SCORE  # what picks the best checkpoint (create_tracker sets the run's)
-
     def __init__(self, *, project: str, name: str, group: str | None, config: dict[str, Any], mode: str,
                  directory: str | None, num_parameters: int | None, upload_to: str | None = None,
-                 kind: RunKind | None = None, log_checkpoints: str = "none"):
+                 kind: RunKind | None = None, log_checkpoints: str = "none", score: Score = PUZZLE_SCORE):
+        """score: what picks the best checkpoint (trm_ray.run_folder.score_for)."""
         import wandb
 
         kind = kind or RunKind(JOB_TRAIN, [])
@@ -330,8 +328,10 @@ class WandbTracker:
             self.run.define_metric(metric, step_metric=STEP_METRIC, summary=",".join(ops))
         self.run.define_metric("*", step_metric=STEP_METRIC)
         self.log_checkpoints = log_checkpoints
+        self.score = score
         self.artifact_name = "model-" + re.sub(r"[^A-Za-z0-9_.-]", "-", name)
-        self._best: Optional[tuple[float, int, Optional[str]]] = None  # (score, step, location)
+        # (score ranked higher-is-better, step, location, score as reported)
+        self._best: Optional[tuple[float, int, Optional[str], Optional[float]]] = None
         self._best_logged = False
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -351,29 +351,29 @@ class WandbTracker:
         without a run folder) is logged now, while its files exist, each time a best appears."""
         if self.log_checkpoints == "none":
             return
-        value = self.score.ranked(score)
-        new_best = self._best is None or value >= self._best[0]
+        ranked = self.score.ranked(score)
+        new_best = self._best is None or ranked >= self._best[0]
         if new_best:
-            self._best, self._best_logged = (value, step, location), False
+            self._best, self._best_logged = (ranked, step, location, score), False
         if self.log_checkpoints == "all":
-            self._log_model(step, folder, location, ["latest", f"step_{step}", *(["best"] if new_best else [])], value)
+            self._log_model(step, folder, location, ["latest", f"step_{step}", *(["best"] if new_best else [])], score)
         elif new_best and location is None:
-            self._log_model(step, folder, None, ["best", f"step_{step}"], value)
+            self._log_model(step, folder, None, ["best", f"step_{step}"], score)
             self._best_logged = True
 
     def training_finished(self) -> None:
         if self.log_checkpoints != "best" or self._best is None or self._best_logged:
             return
-        value, step, location = self._best
+        _, step, location, score = self._best
         if location is not None and not is_uri(location) and not Path(location).is_dir():
             _warn(f"best checkpoint {location} is gone; not logged as an artifact")
             return
         self._log_model(step, Path(location) if location and not is_uri(location) else None, location,
-                        ["best", f"step_{step}"], value)
+                        ["best", f"step_{step}"], score)
         self._best_logged = True
 
     def _log_model(self, step: int, folder: Optional[Path], location: Optional[str], aliases: list[str],
-                   score: float) -> None:
+                   score: Optional[float]) -> None:
         """One version of the run's "model" artifact: the files' bytes from `folder` (W&B
         copies them to its staging area at once, so the folder may go), or, for a location
         on object storage, references to the objects there (nothing is read or uploaded:
@@ -387,8 +387,8 @@ class WandbTracker:
         # resuming, stays in the run folder).
         artifact_files = (MODEL_FILE, CONFIG_FILE)
         metadata: dict[str, Any] = {STEP_METRIC: step}
-        if math.isfinite(score):
-            metadata[self.score.key] = self.score.ranked(score)  # back from higher-is-better
+        if is_metric_value(score):
+            metadata[self.score.key] = score
         artifact = wandb.Artifact(self.artifact_name, type="model", metadata=metadata)
         try:
             if location is not None and is_uri(location):
@@ -411,30 +411,27 @@ class WandbTracker:
 
 
 def create_tracker(config: "TrainConfig", *, run_dir: str | None = None,
-                   num_parameters: int | None = None) -> Tracker:
+                   num_parameters: int | None = None, score: Optional[Score] = None) -> Tracker:
     """The tracker of this run (call on rank 0 only); W&B files go to WANDB_DIR or run_dir,
-    Trackio's to TRACKIO_DIR (trm_ray.trackio_tracker)."""
+    Trackio's to TRACKIO_DIR (trm_ray.trackio_tracker). score: what picks the best checkpoint
+    (default: score_for(config))."""
     backend = tracking_backend(config)
     if backend == "trackio":
         from trm_ray.trackio_tracker import TrackioTracker
 
         kind = run_kind(config, run_dir)
-        tracker = TrackioTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
+        return TrackioTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
                               config=config.model_dump(mode="json"), job_type=kind.job_type, tags=kind.tags,
-                              num_parameters=num_parameters)
-        tracker.score = score_for(config)
-        return tracker
+                              num_parameters=num_parameters, score=score or score_for(config))
     mode = resolve_mode(config)
     if mode == "disabled":
         return NullTracker()
     directory = os.environ.get("WANDB_DIR") or (run_dir if run_dir and not is_uri(run_dir) else None)
     upload_to = run_dir if run_dir and is_uri(run_dir) and not os.environ.get("WANDB_DIR") else None
-    tracker = WandbTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
-                           config=config.model_dump(mode="json"), mode=mode, directory=directory,
-                           num_parameters=num_parameters, upload_to=upload_to, kind=run_kind(config, run_dir),
-                           log_checkpoints=config.tracking.log_checkpoints)
-    tracker.score = score_for(config)
-    return tracker
+    return WandbTracker(project=project_name(config), name=config.run_name or "trm", group=config.tracking.group,
+                        config=config.model_dump(mode="json"), mode=mode, directory=directory,
+                        num_parameters=num_parameters, upload_to=upload_to, kind=run_kind(config, run_dir),
+                        log_checkpoints=config.tracking.log_checkpoints, score=score or score_for(config))
 
 
 # --------------------------------------------------------------------------------------------

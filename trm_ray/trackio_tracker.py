@@ -120,10 +120,9 @@ def _no_hub_lookup(run_class: Any):
 class TrackioTracker:
     """One Trackio run per training run; a resumed training run continues the run of that name."""
 
-    score: Score = PUZZLE_SCORE  # what picks the best checkpoint (create_tracker sets the run's)
-
     def __init__(self, *, project: str, name: str, group: Optional[str], config: dict[str, Any],
-                 job_type: str, tags: list[str], num_parameters: Optional[int] = None):
+                 job_type: str, tags: list[str], num_parameters: Optional[int] = None, score: Score = PUZZLE_SCORE):
+        """score: what picks the best checkpoint (trm_ray.run_folder.score_for)."""
         check_local_only()
         trackio = import_trackio()
         from trackio.run import Run
@@ -139,7 +138,7 @@ class TrackioTracker:
                                         embed=False, auto_log_cpu=False, auto_log_gpu=False)
         except ValueError as error:  # trackio refuses some project names (a "registry-" prefix, ...)
             raise ConfigError(f"tracking.backend=trackio: project {project!r}: {first_line(error)}") from None
-        self.project, self.name = project, name
+        self.project, self.name, self.score = project, name, score
         self._best: Optional[tuple[float, int, str]] = None  # (score, step, location)
         self._finished = False
         # to the process's real stderr, as trm_ray.train.progress does: Ray Train's print patch

@@ -80,7 +80,8 @@ def train(config: TrainConfig, session: Optional[Session] = None, *, report_ever
 
     tracker: Tracker = NullTracker()
     if rank == 0:
-        tracker = create_tracker(config, run_dir=session.run_dir, num_parameters=state.num_parameters)
+        tracker = create_tracker(config, run_dir=session.run_dir, num_parameters=state.num_parameters,
+                                 score=data.score)
     progress = Progress(data.total_steps, state.step, enabled=rank == 0, samples_per_step=config.global_batch_size,
                         exact=data.score.key == EVAL_METRIC)
     if state.step:
@@ -288,7 +289,8 @@ class Reports:
 
     def evaluated(self, step: int, report: dict[str, float]) -> None:
         if TEXT_EVAL_METRIC in report:
-            result = (f"val loss {report[TEXT_EVAL_METRIC]:.4f} (perplexity {report.get('text/perplexity', math.nan):.2f}), "
+            result = (f"val loss {report[TEXT_EVAL_METRIC]:.4f} "
+                      f"(perplexity {report.get('text/perplexity', math.nan):.2f}), "
                       f"next-token accuracy {report.get('text/next_token_accuracy', math.nan):.4f}")
         else:
             result = (f"exact accuracy {report[EVAL_METRIC]:.4f} [{report.get('eval/exact_accuracy_low', 0):.3f}, "
