@@ -32,7 +32,7 @@ from trm_ray import storage
 from trm_ray.data import layout
 from trm_ray.data.loader import PuzzleLoader
 from trm_ray.data.staging import resolve_data_path
-from trm_ray.eval.arc import ARCEvaluator
+from trm_ray.eval.arc import ARCEvaluator, build_evaluators
 from trm_ray.eval.core import EvalAccumulator, Evaluator, evaluate
 from trm_ray.eval.loading import check_fits, is_arc_dataset, load_eval_model
 from trm_ray.eval.outputs import SAVABLE_OUTPUTS
@@ -125,11 +125,8 @@ def evaluate_checkpoint(
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_eval_model(checkpoint, ema, config)
     check_fits(model, meta, dataset_dir)
     arc = is_arc_dataset(local)
-    if evaluators is None:
-        from trm_ray.text.evaluate import TextEvaluator
-        from trm_ray.text.info import is_text_dataset
-
-        evaluators = [ARCEvaluator(dataset_dir)] if arc else [TextEvaluator(dataset_dir)] if is_text_dataset(local) else []
+    if evaluators is None:  # ARC voting on ARC data; on text data build_evaluators adds the text evaluator
+        evaluators = [ARCEvaluator(dataset_dir)] if arc else build_evaluators([], [dataset_dir])
     identifiers = layout.load_identifiers(local) if arc else None
     collector = _Collector(save_outputs, identifiers)
 
