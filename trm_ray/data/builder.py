@@ -313,6 +313,12 @@ def ray_at_hand() -> bool:
     return ray is not None and ray.is_initialized()
 
 
+def build_session(use_ray: bool, num_cpus: Optional[int]):
+    """Where a build's tasks run: the running Ray (or a local one started with num_cpus, its
+    console quiet) when use_ray, else nothing to start."""
+    return ray_session(num_cpus=num_cpus, log_to_driver=False, quiet_data=True) if use_ray else nullcontext()
+
+
 def local_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -393,8 +399,7 @@ def build_dataset(
             seq_len, vocab = ARC_SEQ_LEN, ARC_VOCAB_SIZE
         elif not generate:
             tasks, seq_len, vocab, extra = _csv_tasks(recipe, None)
-        with ray_session(num_cpus=num_cpus, log_to_driver=False, quiet_data=True) if use_ray \
-                else nullcontext():
+        with build_session(use_ray, num_cpus):
             if generate:
                 # Generating is a parallel step of its own; its rows are small and come back here.
                 # Its own batch size: one generated puzzle costs ~1-100 ms whatever num_aug is.

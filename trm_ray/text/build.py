@@ -30,13 +30,12 @@ import contextlib
 import functools
 import os
 import time
-from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from trm_ray import storage
-from trm_ray.data.builder import FORMAT_VERSION, _versions, local_cpus, ordered_map, ray_at_hand
+from trm_ray.data.builder import FORMAT_VERSION, _versions, build_session, local_cpus, ordered_map, ray_at_hand
 from trm_ray.data.sources import DatasetBuildError
 from trm_ray.data.writer import DatasetWriter
 from trm_ray.errors import first_line
@@ -339,7 +338,7 @@ def build_text_dataset(
     cpus = 1 if use_ray else max(1, num_cpus or local_cpus())
     processes = 1
     with DatasetWriter(output_dir, use_identifiers=False, overwrite=overwrite) as writer:
-        with ray_session_if(use_ray, num_cpus):
+        with build_session(use_ray, num_cpus):
             # 1. read
             if source is not None and source.startswith(HUB_PREFIX):
                 documents, pinned = _hub_documents(source, lowercase, max_documents)
@@ -416,14 +415,6 @@ def build_text_dataset(
         log(f"built {output_dir}: {counts}; seq_len {seq_len}, vocab {text_tokenizer.vocab_size} ({text_tokenizer.kind}); "
             f"{time.perf_counter() - started:.1f} s on {where}; content sha256 {info['content_sha256'][:16]}")
     return info
-
-
-def ray_session_if(use_ray: bool, num_cpus: Optional[int]):
-    if not use_ray:
-        return nullcontext()
-    from trm_ray.cluster import ray_session
-
-    return ray_session(num_cpus=num_cpus, log_to_driver=False, quiet_data=True)
 
 
 def _write_split(writer: DatasetWriter, split: str, texts: list[str], tokenizer_json: str, seq_len: int,
