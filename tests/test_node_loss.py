@@ -337,7 +337,14 @@ def _assert_placement(nodes: Nodes, new_actors: list, lost_id: str, replacement_
     """Train workers: one on each worker node before the loss, then one on the surviving node
     and one on the replacement; never on the head. Every other actor of the run (`head_classes`
     among them: the controller, the trial's trainable) on the head, so the loss took nothing
-    but a worker."""
+    but a worker.
+
+    A restart attempt made while the lost node's resources were still missing can create
+    workers that are never placed (no node, DEAD): they ran nowhere, so they are left out of the
+    placement, but they must be dead, not waiting."""
+    unplaced = [(a.class_name, a.state) for a in new_actors if a.node_id is None]
+    assert all(state == "DEAD" for _, state in unplaced), unplaced
+    new_actors = [a for a in new_actors if a.node_id is not None]
     workers = collections.Counter(a.node_id for a in new_actors if a.class_name == "RayTrainWorker")
     survivor = next(node_id for node_id in workers if node_id not in (lost_id, replacement_id))
     assert workers == {lost_id: 1, survivor: 2, replacement_id: 1}, workers
