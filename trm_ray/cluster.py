@@ -1,6 +1,6 @@
 """Start or join Ray, one way for every command (data build, train, eval, sweep, quickstart).
 
-    started = connect(address=None, num_cpus=2)    # True: we started a local instance
+    started = connect(address=None, num_cpus=2)    # True: we started (or joined) Ray
     ...
     if started: ray.shutdown()
 
@@ -92,21 +92,63 @@ class _TokenNotice(logging.Filter):
         return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
+def cluster_address(address: Optional[str] = None) -> Optional[str]:
+    """The running Ray cluster that connect(address) joins, or None: it starts a new local instance.
+
+    `address` itself ("auto" and ray:// included), else RAY_ADDRESS, else a cluster whose head
+    runs on this machine: `ray start --head` (as on a `ray up` head node, where people run
+    commands after `ray attach`) records its address in Ray's temp folder, and Ray would join it
+    from a bare ray.init() too. A recorded address no live Ray process on this machine uses
+    (the head was killed, not stopped) is stale: None. "local" is always a new instance."""
+    if address == "local":
+        return None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return address
+    return _head_on_this_machine()
+
+
+def _head_on_this_machine() -> Optional[str]:
+    # Private helpers of Ray's (where its temp folder keeps the record; the GCS addresses the
+    # Ray processes running here were started with): Ray is pinned to one minor series.
+    from ray._common.utils import get_ray_address_file
+    from ray._private.services import find_gcs_addresses
+
+    try:
+        with open(get_ray_address_file(None)) as file:
+            recorded = file.read().strip()
+    except OSError:
+        return None
+    if not recorded:
+        return None
+    find_gcs_addresses.cache_clear()  # it keeps a nonempty answer for the life of the process
+    return recorded if recorded in find_gcs_addresses() else None
+
+
+def starts_local_instance(address: Optional[str] = None) -> bool:
+    """Whether connect(address) would start a new local Ray instance, which the caller then has
+    to itself (no other job shares its CPUs, no node of it can be preempted)."""
+    import ray
+
+    return not ray.is_initialized() and cluster_address(address) is None
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, include_dashboard: bool = True,
             log_to_driver: bool = True, logging_level: str = "WARNING") -> bool:
-    """ray.init: `address` (or RAY_ADDRESS), else a new local instance (its dashboard on
-    127.0.0.1, URL printed once). Returns True when this call started Ray (the caller shuts it
-    down); False when Ray was already initialized in this process (used as it is)."""
+    """ray.init: join the cluster_address(address), else start a new local instance (its
+    dashboard on 127.0.0.1, URL printed once; num_cpus applies only to it). Returns True when
+    this call initialized Ray (the caller shuts it down: stops the local instance or leaves the
+    cluster); False when Ray was already initialized in this process (used as it is)."""
     import ray
 
     from trm_ray import auth
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     common = {"logging_level": logging_level, "log_to_driver": log_to_driver}
     _filter_console()
-    if address and address not in ("auto", "local"):
+    if address and address != "auto":
         env = {} if address.startswith("ray://") else {"RAY_ADDRESS": address}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
     elif address == "auto":
@@ -121,14 +163,16 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, in
         try:
             if include_dashboard:
                 port = _free_port()
-                context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                                   dashboard_port=port, **common,
+                # address="local": a new instance even where Ray's temp folder records a cluster
+                # (a stale record, see cluster_address); a bare ray.init() would try to join it.
+                context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                                   dashboard_host="127.0.0.1", dashboard_port=port, **common,
                                    runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
                 dashboard = getattr(context, "dashboard_url", None) or f"127.0.0.1:{port}"
                 print(f"trm-ray: started a local Ray instance; dashboard: http://{dashboard.removeprefix('http://')}",
                       file=sys.stderr, flush=True)
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
         finally:
             notice.removeFilter(hold_back)
     auth.secure_tokens()
@@ -139,8 +183,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, in
 def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None, *, include_dashboard: bool = True,
                 log_to_driver: bool = True, logging_level: str = "WARNING", quiet_data: bool = False
                 ) -> Iterator[bool]:
-    """connect() for a block: a running Ray (or the cluster RAY_ADDRESS names) is used as it
-    is; a local instance this call started is shut down at the end. Yields connect's answer.
+    """connect() for a block: a running Ray (or the cluster_address) is used as it is; a local
+    instance this call started is shut down at the end. Yields connect's answer.
     quiet_data: Ray Data's progress lines kept off the console for the block (the caller
     prints its own summary)."""
     import ray

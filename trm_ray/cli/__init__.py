@@ -1,5 +1,9 @@
 """The `trm-ray` command line, installed as the module `trm_ray.cli`. Thin: parse, load config, call trm_ray."""
 
+# --address of the commands that start or join Ray (trm_ray.cluster.cluster_address decides).
+CLUSTER_ADDRESS_HELP = ("Ray cluster address (default: RAY_ADDRESS, else the cluster whose head runs on this "
+                        "machine, else a new local Ray instance).")
+
 
 def one_line(message: str) -> str:
     """An error message folded onto one line (the CLI's errors are one line each)."""

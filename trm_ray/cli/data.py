@@ -107,7 +107,8 @@ def data() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--ray/--no-ray", "use_ray", default=None,
               help="Ray Data tasks (on the running Ray, or a local one), or this machine's processes. "
-              "Default: Ray when a Ray cluster is at hand (RAY_ADDRESS), else this machine. Same bytes either way.")
+              "Default: Ray when a Ray cluster is at hand (RAY_ADDRESS, or this machine is its head), else this "
+              "machine. Same bytes either way.")
 @click.option("--num-cpus", type=int, help="CPUs to use: local worker processes (1: this process only), "
               "or those of the local Ray instance --ray starts when none is running.")
 @click.option("--batch-size", type=int, help="Source puzzles per task (default: ~2000 variants per task).")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import click
 
-from trm_ray.cli import one_line
+from trm_ray.cli import CLUSTER_ADDRESS_HELP, one_line
 
 EPILOG = """\b
 Output (--out, a folder or a URI): submission.json (every task and test input of the tasks file,
@@ -92,7 +92,7 @@ def parse_resources(text: str) -> dict[str, float]:
                                             "continue from what they finished.")
 @click.option("--no-wandb", is_flag=True, help="Do not record the chunks' runs to W&B.")
 @click.option("--wandb-project", help="W&B project (default: arc-posttrain).")
-@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
+@click.option("--address", help=CLUSTER_ADDRESS_HELP)
 def posttrain(checkpoint: str, tasks: str, subset: Optional[str], solutions: Optional[str], chunks: int,
               num_aug: int, steps: Optional[int], epochs: Optional[int], lr: Optional[float],
               puzzle_emb_lr: Optional[float], global_batch_size: Optional[int], warmup_fraction: float, puzzle_table: str,

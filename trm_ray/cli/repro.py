@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 
-from trm_ray.cli import one_line
+from trm_ray.cli import CLUSTER_ADDRESS_HELP, one_line
 
 from trm_ray.config import ConfigError
 
@@ -36,7 +36,7 @@ from trm_ray.config import ConfigError
                                      "<recipe ray.storage_path>/repro).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted repro: finished seeds are kept, unfinished "
                                             "ones continue from their last checkpoint.")
-@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
+@click.option("--address", help=CLUSTER_ADDRESS_HELP)
 @click.option("--compare", "compare_dir", help="Another repro folder: the difference of the means with Welch's "
                                                "95% interval, per metric.")
 @click.option("--dry-run", is_flag=True, help="Validate every seed's config, print the runs and exit.")

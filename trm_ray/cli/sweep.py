@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 
-from trm_ray.cli import one_line
+from trm_ray.cli import CLUSTER_ADDRESS_HELP, one_line
 
 from trm_ray.config import ConfigError
 
@@ -32,7 +32,7 @@ from trm_ray.config import ConfigError
                                      "default: the sweep file's storage_path, else <recipe ray.storage_path>/sweeps).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep: finished trials are kept, "
                                             "unfinished ones continue from their last checkpoint.")
-@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
+@click.option("--address", help=CLUSTER_ADDRESS_HELP)
 @click.option("--dry-run", is_flag=True, help="Validate every trial's config, print the trials and exit (a "
                                              "searched sweep: its space and the searcher's first proposals).")
 def sweep(sweep_file: str, overrides: tuple[str, ...], storage_path: Optional[str], resume: bool,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 
 import click
 
-from trm_ray.cli import one_line
+from trm_ray.cli import CLUSTER_ADDRESS_HELP, one_line
 
 if TYPE_CHECKING:
     from trm_ray.config import TrainConfig
@@ -100,7 +100,7 @@ def _metrics_line(metrics: dict) -> str:
 
 @click.command(context_settings={"ignore_unknown_options": True}, epilog=EPILOG)
 @click.argument("args", nargs=-1, metavar="[RECIPE.yaml] [KEY=VALUE]...")
-@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance).")
+@click.option("--address", help=CLUSTER_ADDRESS_HELP)
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the stopped run in this run folder (a path or a URI).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")

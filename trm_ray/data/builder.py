@@ -306,11 +306,12 @@ POOL_MIN_GENERATED = 200
 
 
 def ray_at_hand() -> bool:
-    """A Ray cluster to build on: Ray initialised in this process, or RAY_ADDRESS set."""
-    if os.environ.get("RAY_ADDRESS"):
-        return True
+    """A Ray cluster to build on: Ray initialised in this process, RAY_ADDRESS set, or a
+    cluster whose head runs on this machine (trm_ray.cluster.cluster_address)."""
+    from trm_ray.cluster import cluster_address
+
     ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+    return (ray is not None and ray.is_initialized()) or cluster_address() is not None
 
 
 def build_session(use_ray: bool, num_cpus: Optional[int]):

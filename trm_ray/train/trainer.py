@@ -296,8 +296,8 @@ def forwarded_env() -> dict[str, str]:
 
 
 def ensure_ray(address: Optional[str]) -> bool:
-    """Connect to `address` (or RAY_ADDRESS), else start a local Ray. True when we started it
-    (the caller shuts it down)."""
+    """Join the cluster `address` names (trm_ray.cluster.cluster_address), else start a local
+    Ray. True when this call initialized Ray (the caller shuts it down)."""
     from trm_ray.cluster import connect
 
     # Not a bare ray.init(): see trm_ray.cluster (stopped runs must free their placement
@@ -367,11 +367,16 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
     if report_every_steps is None and os.environ.get(REPORT_EVERY_STEPS_ENV):
         report_every_steps = int(os.environ[REPORT_EVERY_STEPS_ENV])
+    from trm_ray.cluster import starts_local_instance
+
+    # A cluster that was already up (a submitted job, a `ray up` head node) is shared and its
+    # nodes can be preempted; only a local instance this run starts is the run's alone.
+    own_instance = starts_local_instance(address or config.ray.address)
     started = ensure_ray(address or config.ray.address)
-    local_env = local_ray_train_env(os.environ) if started else {}
+    local_env = local_ray_train_env(os.environ) if own_instance else {}
     os.environ.update(local_env)
     try:
-        resources, threads = worker_cpus(config, ray.cluster_resources().get("CPU", 1.0) if started else None)
+        resources, threads = worker_cpus(config, ray.cluster_resources().get("CPU", 1.0) if own_instance else None)
         evaluates = has_test_split(config.eval_paths)
         score = score_for(config)  # exact accuracy, or a text run's validation loss
         checkpoint_config = ray.train.CheckpointConfig(
