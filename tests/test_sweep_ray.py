@@ -142,3 +142,26 @@ def test_resume_after_killed_driver_keeps_finished_trials_and_rungs(tmp_path, da
             assert h.best(METRIC, "max")[0] < after[finished[0]].best(METRIC, "max")[0]
     info = json.loads((sweep_dir / "sweep.json").read_text())
     assert [t["params"]["lr"] for t in info["trials"]] == [3e-3, 0.0, 0.0]
+
+
+def test_sweep_console_on_its_own_local_ray_shows_trial_events_not_worker_internals(tmp_path, dataset):
+    """`trm-ray sweep` as a person runs it: no RAY_ADDRESS (it starts its own local Ray), none
+    of the quiet settings the test session sets for itself. Each trial's W&B banner and run
+    history, and the error line of Ray Train's preemption watcher (nothing to preempt on one
+    machine), would bury the one line per trial event."""
+    path = write_sweep(tmp_path, dataset, "console", [3e-3], concurrent=1)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "WANDB_SILENT", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+                        "RAY_TRAIN_METRICS_ENABLED")}
+    env["WANDB_MODE"] = "offline"  # W&B on, with no account
+    run = subprocess.run([sys.executable, "-m", "trm_ray.cli.main", "sweep", str(path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    console = run.stdout + run.stderr
+    assert run.returncode == 0, console[-3000:]
+    assert "started a local Ray instance" in run.stderr
+    trial_id, = histories(tmp_path / "runs" / "console")
+    assert f"trial {trial_id} completed at epoch {EPOCHS}" in run.stdout, run.stdout
+    # the trial's W&B run was written all the same, silently
+    assert list((tmp_path / "runs" / "console" / "train" / trial_id / "wandb").glob("offline-run-*"))
+    noise = [line for line in console.splitlines() if "wandb:" in line or "PreemptionWatcher" in line]
+    assert not noise, noise

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -104,6 +104,20 @@ def trial_train_config(context: dict[str, Any], trial_id: str, params: dict[str,
     return build(TrainConfig, data, f"trial {trial_id}")
 
 
+def trial_env(environ: Mapping[str, str], own_instance: bool) -> dict[str, str]:
+    """Environment the trials set before training, where the driver's own does not say otherwise.
+
+    W&B silent: each trial's run banner and closing history would interleave in the sweep's
+    console, where the driver already prints a line per trial event (WANDB_SILENT=false brings
+    them back). On a local Ray the sweep started, Ray Train's preemption watcher and metrics
+    are off, as for `trm-ray train` (trm_ray.train.trainer.local_ray_train_env): the trial's
+    fit joins a running Ray, so it cannot tell that nothing else uses that instance."""
+    from trm_ray.train.trainer import local_ray_train_env
+
+    quiet = {} if "WANDB_SILENT" in environ else {"WANDB_SILENT": "true"}
+    return {**quiet, **(local_ray_train_env(environ) if own_instance else {})}
+
+
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """One trial: the trial's TrainConfig, trained by trm_ray.train.trainer's `fit` (a TorchTrainer)."""
     from ray import tune
@@ -114,8 +128,9 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     # Its workers print no progress of their own: the driver prints a line per trial event.
     os.environ[SWEEP_TRIAL_ENV] = "1"
     # Where the object store is (never a secret): a trial on another node may lack the
-    # driver's AWS_ENDPOINT_URL, and its own checks of the run folder below need it.
-    for key, value in context.get("storage_env", {}).items():
+    # driver's AWS_ENDPOINT_URL, and its own checks of the run folder below need it. Then the
+    # console settings of trial_env, which fit() forwards to the Train workers.
+    for key, value in {**context.get("storage_env", {}), **context.get("trial_env", {})}.items():
         os.environ.setdefault(key, value)
     trial_id = tune.get_context().get_trial_id()
     finished = context.get("finished", {}).get(trial_id)
@@ -331,7 +346,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
     import ray
     from ray import tune
 
-    from trm_ray.cluster import connect
+    from trm_ray.cluster import connect, starts_local_instance
 
     spec = sweep.spec
     sweep_dir = sweep.directory()
@@ -370,6 +385,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
 
     base = build(TrainConfig, trial_base, "base")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    own_instance = starts_local_instance(address or base.ray.address)
     started = connect(address or base.ray.address)
     time_attr = EPOCH_KEY if spec.asha.time_attr == "epoch" else EVAL_ROUND_KEY
     try:
@@ -379,7 +395,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
             grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
             early_stopping=spec.asha.enabled)
         context = {"trial_base": trial_base, "sweep_dir": sweep_dir, "sweep_name": sweep.name,
-                   "storage_env": storage.endpoint_env()}
+                   "storage_env": storage.endpoint_env(), "trial_env": trial_env(os.environ, own_instance)}
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
                                         {"cpu": spec.resources.trial_cpu})
         if resume:
