@@ -115,58 +115,6 @@ def test_two_workers_train_one_on_each_node(two_nodes, tmp_path):
     assert elapsed_s < 120, elapsed_s
 
 
-def test_a_command_on_the_head_node_joins_the_cluster_and_leaves_its_cpus_to_ray(two_nodes, tmp_path):
-    """`trm-ray train` on the head node of a cluster that is already up (`ray up`, then
-    `ray attach`), with no RAY_ADDRESS: Ray's temp folder records the cluster (the fixture's
-    RAY_TMPDIR holds this one's record), so the command joins it instead of starting a local
-    instance. Its worker asks Ray's default of 1 CPU: a cluster that was up before the run is
-    shared, its CPUs are not the run's to take (2 here, which no single node has: the worker
-    would wait for them forever)."""
-    import os
-    import re
-    import subprocess
-    import sys
-
-    import yaml
-    from ray.util.state import list_actors
-
-    from datasets_util import write_dataset
-    from trm_ray.cluster import cluster_address
-    from trm_ray.run_folder import read_metrics
-
-    cluster, _ = two_nodes
-    assert "RAY_ADDRESS" not in os.environ
-    assert cluster_address() == cluster.address
-    assert cluster_address("local") is None  # asked for: always a new instance
-
-    data = tmp_path / "data"
-    write_dataset(data, [[2, 1], [1], [3], [1, 1]], split="train")
-    write_dataset(data, [[1]] * 2, split="test")
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "arch": dict(hidden_size=32, num_heads=4, H_cycles=1, L_cycles=1, L_layers=1, puzzle_emb_len=2,
-                     forward_dtype="float32", halt_max_steps=2),
-        "data_paths": [str(data)], "global_batch_size": 4, "epochs": 1, "eval_interval": 1,
-        "lr_warmup_steps": 1, "tracking": {"wandb": False},
-        "ray": {"storage_path": str(tmp_path / "runs"), "num_workers": 1},  # no resources_per_worker
-    }))
-    before = {a.actor_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
-                                              raise_on_missing_output=False)}
-    run = subprocess.run([sys.executable, "-m", "trm_ray.cli.main", "train", str(recipe), "run_name=on-the-head"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert "started a local Ray instance" not in run.stderr
-    assert read_metrics(tmp_path / "runs" / "on-the-head")[-1]["epoch"] == 1
-
-    node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    new = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=1000,
-                                  raise_on_missing_output=False) if a.actor_id not in before]
-    assert len(new) == 1 and new[0].node_id in node_ids, new
-    # In its placement group's bundle: CPU_group_<group id> (Ray's name for the whole group's CPU)
-    cpus = [v for k, v in new[0].required_resources.items() if re.fullmatch(r"CPU_group_[0-9a-f]+", k)]
-    assert cpus == [1.0], new[0].required_resources
-
-
 def test_a_stale_cluster_record_is_not_a_cluster(tmp_path, monkeypatch):
     """The record of a head that was killed (not stopped) names an address no Ray process on
     this machine serves: commands start their own local instance instead of waiting for it."""

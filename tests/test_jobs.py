@@ -189,7 +189,8 @@ def _stop_head(session_id: int, temp_dir: str, timeout_s: float = 8) -> None:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A token-protected head on 127.0.0.1: yields (dashboard URL, token)."""
+    """A token-protected head on 127.0.0.1: yields (dashboard URL, token, folder): Ray's temp
+    folder is <folder>/ray, where a process with RAY_TMPDIR=<folder> finds the head's record."""
     import tempfile
 
     # Short: Ray's unix sockets live under it (108-byte path limit).
@@ -206,7 +207,7 @@ def head(tmp_path_factory):
                "--dashboard-agent-listen-port", str(agent_listen), "--dashboard-agent-grpc-port", str(agent_grpc),
                "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
                "--min-worker-port", "0", "--max-worker-port", "0",
-               "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats"]
+               "--num-cpus", "2", "--temp-dir", os.path.join(temp_dir, "ray"), "--disable-usage-stats"]
     # A new session: every Ray process it spawns (daemons, workers, job drivers) inherits it,
     # so the session id names exactly this head's processes.
     starter = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -215,7 +216,7 @@ def head(tmp_path_factory):
     try:
         output, _ = starter.communicate(timeout=120)
         assert starter.returncode == 0, output[-2000:]
-        yield f"http://127.0.0.1:{dashboard}", token
+        yield f"http://127.0.0.1:{dashboard}", token, temp_dir
     finally:
         if starter.poll() is None:
             starter.kill()
@@ -227,7 +228,7 @@ def head(tmp_path_factory):
 @pytest.fixture
 def cluster_env(head, monkeypatch, tmp_path):
     """This process as a client of the head: its address, no token anywhere (tests add one)."""
-    address, token = head
+    address, token, _ = head
     monkeypatch.setenv("RAY_ADDRESS", address)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.ray/auth_token
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
@@ -316,3 +317,60 @@ def test_jobs_stop_stops_a_running_job(cluster_env, monkeypatch):
     assert runner.invoke(main, ["jobs", "status", job_id]).output.startswith("STOPPED")
     missing = runner.invoke(main, ["jobs", "status", "raysubmit_doesnotexist"])
     assert missing.exit_code == 1 and "no job 'raysubmit_doesnotexist'" in missing.output
+
+
+# Run in a process that joined the head: the resources each Train worker of the head asked for.
+_WORKER_RESOURCES = """
+import json, ray, sys
+from ray.util.state import list_actors
+ray.init(address="auto", logging_level="ERROR")
+actors = list_actors(address=sys.argv[1], filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                     limit=1000, raise_on_missing_output=False)
+print(json.dumps([a.required_resources for a in actors]))
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_commands_on_the_head_node_join_it_with_the_token_this_machine_holds(head, tmp_path):
+    """The head node of a `ray up` cluster, as a person logged in there finds it: `ray start
+    --head` with token auth recorded the cluster in Ray's temp folder, the token is in
+    ~/.ray/auth_token, nobody set RAY_ADDRESS or RAY_AUTH_MODE. `trm-ray data build` builds with
+    Ray Data on that cluster and `trm-ray train` trains there, its worker asking Ray's default
+    of 1 CPU (the cluster is shared, its 2 CPUs are not the run's), instead of each starting a
+    local instance of its own."""
+    import json
+
+    from trm_ray.run_folder import read_metrics
+
+    dashboard, token, temp_dir = head
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True, mode=0o700)
+    (home / ".ray" / "auth_token").write_text(token)
+    (home / ".ray" / "auth_token").chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(HOME=str(home), RAY_TMPDIR=temp_dir)
+    trm_ray = [sys.executable, "-m", "trm_ray.cli.main"]
+
+    build = subprocess.run(trm_ray + ["data", "build", "text", "--source", "generate:stories", "--num-documents", "60",
+                                      "--max-sequence-length", "32", "--output-dir", str(tmp_path / "stories")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+    assert "on Ray Data" in build.stdout, build.stdout
+
+    command = _tiny_train_command(tmp_path)
+    train = subprocess.run(trm_ray + command[1:], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert train.returncode == 0, (train.stdout + train.stderr)[-3000:]
+    assert "started a local Ray instance" not in train.stderr
+    assert read_metrics(tmp_path / "runs" / "job")[-1]["epoch"] == 2
+
+    listed = subprocess.run([sys.executable, "-c", _WORKER_RESOURCES, dashboard], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    workers = json.loads(listed.stdout.strip().splitlines()[-1])
+    # This run's worker and the submitted jobs' before it (RAY_ADDRESS: the same rule), each in
+    # a placement group, where its CPU is named CPU_group_<group id>.
+    cpus = [[v for k, v in resources.items() if k.startswith("CPU_group_") and k.count("_") == 2]
+            for resources in workers]
+    assert cpus and all(c == [1.0] for c in cpus), workers

@@ -22,8 +22,12 @@ The console: a local instance prints its dashboard URL once; lines a user cannot
 kept off the driver's console (Ray's log files under /tmp/ray/session_*/logs keep them all):
 Ray's "token authentication is enabled" notice when the token file is private to the user, the
 raylet's "N PYTHON worker processes have been started" (short-lived trial, controller and
-cleaner actors on a small machine) and Ray Train's "controller actor is dead, cleaning up
-placement group" (the end of every sweep trial).
+cleaner actors on a small machine), Ray Train's "controller actor is dead, cleaning up
+placement group" (the end of every sweep trial) and the core worker's error line about the
+preemption watcher's constructor arguments (the start of every Train run).
+
+Where: `address`, else RAY_ADDRESS, else the head of a running cluster on this machine (a `ray up`
+head node; Ray's temp folder records it), else a new local instance (see cluster_address).
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ from typing import Callable, Iterator, Optional
 CONSOLE_NOISE = (
     "PYTHON worker processes have been started on node",
     "Detected that the Ray Train controller actor",
+    # Logged at every Train run's start as an error by the controller's core worker: Ray's note
+    # on its own preemption watcher's restart, nothing a user can act on.
+    "has constructor arguments in the object store and max_restarts > 0",
 )
-# Ray's notice at a local start with RAY_AUTH_MODE unset (see _TokenNotice).
+# Ray's notice at a local start or join with RAY_AUTH_MODE unset (see _TokenNotice).
 _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -84,7 +91,7 @@ def _filter_console() -> None:
 
 class _TokenNotice(logging.Filter):
     """Holds back Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt
-    out" while a local instance starts: the token lives in a folder only the user can enter
+    out" while Ray starts or joins an instance on this machine: the token lives in a folder only the user can enter
     (auth.secure_token_file), so there is nothing to do about it. If the file cannot be made
     private, auth prints its own line saying what to run."""
 
@@ -133,6 +140,23 @@ def starts_local_instance(address: Optional[str] = None) -> bool:
     return not ray.is_initialized() and cluster_address(address) is None
 
 
+@contextmanager
+def _token_notice_held_back(create_folder: bool) -> Iterator[None]:
+    """Ray's notice that it turned token authentication on, held back while Ray starts or
+    joins an instance when the token file is private (see _TokenNotice). create_folder: Ray may
+    write a new token (a local start), so its folder is created private first."""
+    from trm_ray import auth
+
+    notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+    hold_back = _TokenNotice()
+    if auth.secure_token_file(create_folder=create_folder):
+        notice.addFilter(hold_back)
+    try:
+        yield
+    finally:
+        notice.removeFilter(hold_back)
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, include_dashboard: bool = True,
             log_to_driver: bool = True, logging_level: str = "WARNING") -> bool:
     """ray.init: join the cluster_address(address), else start a new local instance (its
@@ -145,22 +169,23 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, in
 
     if ray.is_initialized():
         return False
+    named = address not in (None, "local") or bool(os.environ.get("RAY_ADDRESS"))
     address = cluster_address(address)
     common = {"logging_level": logging_level, "log_to_driver": log_to_driver}
     _filter_console()
-    if address and address != "auto":
+    if address and named and address != "auto":
         env = {} if address.startswith("ray://") else {"RAY_ADDRESS": address}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
-    elif address == "auto":
-        ray.init(address="auto", **common)
+    elif address:
+        # "auto", or a head found on this machine: joined as Ray joins it from a bare
+        # ray.init(). "auto" is the only way Ray turns on the token this machine holds (with
+        # RAY_AUTH_MODE unset); for an address given, it never does.
+        env = {} if address == "auto" else {"RAY_ADDRESS": address}
+        with _token_notice_held_back(create_folder=False):
+            ray.init(address="auto", runtime_env={"env_vars": env} if env else None, **common)
     else:
         # A new local instance may write a token: let it land in a folder only we can enter.
-        private = auth.secure_token_file(create_folder=True)
-        notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
-        hold_back = _TokenNotice()
-        if private:
-            notice.addFilter(hold_back)
-        try:
+        with _token_notice_held_back(create_folder=True):
             if include_dashboard:
                 port = _free_port()
                 # address="local": a new instance even where Ray's temp folder records a cluster
@@ -173,8 +198,6 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, in
                       file=sys.stderr, flush=True)
             else:
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
-        finally:
-            notice.removeFilter(hold_back)
     auth.secure_tokens()
     return True
 
