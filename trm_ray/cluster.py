@@ -91,9 +91,9 @@ def _filter_console() -> None:
 
 class _TokenNotice(logging.Filter):
     """Holds back Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt
-    out" while Ray starts or joins an instance on this machine: the token lives in a folder only the user can enter
-    (auth.secure_token_file), so there is nothing to do about it. If the file cannot be made
-    private, auth prints its own line saying what to run."""
+    out" while Ray starts or joins an instance on this machine: the token lives in a folder only
+    the user can enter (auth.secure_token_file), so there is nothing to do about it. If the file
+    cannot be made private, auth prints its own line saying what to run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Token authentication is enabled for this Ray cluster" not in record.getMessage()

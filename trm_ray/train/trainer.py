@@ -349,6 +349,8 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from trm_ray.cluster import starts_local_instance
+
     if not config.run_name:
         raise ConfigError("run_name is not set (the CLI generates one)")
     run_dir = run_dir_of(config)
@@ -367,8 +369,6 @@ def fit(config: TrainConfig, *, address: Optional[str] = None, resume: bool = Fa
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_HEALTH_CHECK_INTERVAL_S)
     if report_every_steps is None and os.environ.get(REPORT_EVERY_STEPS_ENV):
         report_every_steps = int(os.environ[REPORT_EVERY_STEPS_ENV])
-    from trm_ray.cluster import starts_local_instance
-
     # A cluster that was already up (a submitted job, a `ray up` head node) is shared and its
     # nodes can be preempted; only a local instance this run starts is the run's alone.
     own_instance = starts_local_instance(address or config.ray.address)
