@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,9 @@ def test_sweep_console_on_its_own_local_ray_shows_trial_events_not_worker_intern
            if k not in ("RAY_ADDRESS", "WANDB_SILENT", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
                         "RAY_TRAIN_METRICS_ENABLED")}
     env["WANDB_MODE"] = "offline"  # W&B on, with no account
+    # A train report every step and a progress line as often as there is a new one: the
+    # lines a long trial prints between its evaluations, in a trial of seconds.
+    env.update(TRM_RAY_REPORT_EVERY_STEPS="1", TRM_RAY_PROGRESS_EVERY_S="0.2")
     run = subprocess.run([sys.executable, "-m", "trm_ray.cli.main", "sweep", str(path)],
                          capture_output=True, text=True, env=env, timeout=300)
     console = run.stdout + run.stderr
@@ -165,3 +169,15 @@ def test_sweep_console_on_its_own_local_ray_shows_trial_events_not_worker_intern
     assert list((tmp_path / "runs" / "console" / "train" / trial_id / "wandb").glob("offline-run-*"))
     noise = [line for line in console.splitlines() if "wandb:" in line or "PreemptionWatcher" in line]
     assert not noise, noise
+
+    # Progress between evaluations: the planned steps as the lr schedule counts them, worked
+    # out here from the dataset's own dataset.json.
+    meta = json.loads((dataset / "train" / "dataset.json").read_text())
+    planned = int(EPOCHS * meta["total_groups"] * meta["mean_puzzle_examples"] / 64)
+    # (train/accuracy only in a report whose steps had a halted puzzle)
+    progress = re.findall(rf"trm-ray: trial {trial_id} step (\d+)/(\d+) \((\d+)%\): train/lm_loss [0-9.]+, "
+                          rf"(?:train/accuracy [0-9.]+, )?\d+ samples/s \| ETA \S+", run.stdout)
+    assert progress, run.stdout
+    assert {int(total) for _, total, _ in progress} == {planned}
+    steps = [int(step) for step, _, _ in progress]
+    assert steps == sorted(set(steps)) and all(1 <= step <= planned for step in steps)  # each report once

@@ -22,6 +22,8 @@ where every node (and a driver started on another machine) reads.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import time
 from typing import Any, Callable, Mapping, Optional
@@ -32,7 +34,8 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 from trm_ray import storage
 from trm_ray.config import ConfigError, TrainConfig, build
 from trm_ray.errors import first_line
-from trm_ray.run_folder import EPOCH_KEY
+from trm_ray.jsonl import whole_lines
+from trm_ray.run_folder import EPOCH_KEY, METRICS_FILE, SAMPLES_PER_S_KEY, STEP_KEY, run_dir_of
 from trm_ray.tune.records import (
     TRAIN_DIR,
     append_record,
@@ -47,7 +50,7 @@ from trm_ray.tune.records import (
     upload_records,
     write_sweep_info,
 )
-from trm_ray.train.progress import SWEEP_TRIAL_ENV
+from trm_ray.train.progress import SWEEP_TRIAL_ENV, format_duration
 from trm_ray.tune.scheduler import REPLAYED_KEY, ResumableASHA
 from trm_ray.tune.search import build_searcher, trial_params, trial_space
 from trm_ray.tune.spec import (
@@ -61,6 +64,10 @@ from trm_ray.tune.spec import (
 )
 
 EVAL_ROUND_KEY = "eval_round"  # epoch / eval_interval, added to what Tune sees
+# Between evaluations, a progress line per running trial this often (TrialProgress).
+PROGRESS_EVERY_ENV = "TRM_RAY_PROGRESS_EVERY_S"
+DEFAULT_PROGRESS_EVERY_S = 300.0
+PROGRESS_METRICS = ("train/lm_loss", "train/accuracy")  # of a train report, when it has them
 
 
 class SweepError(RuntimeError):
@@ -123,7 +130,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray import tune
 
     from trm_ray.train.trainer import fit
-    from trm_ray.run_folder import run_dir_of, run_started
+    from trm_ray.run_folder import run_started
 
     # Its workers print no progress of their own: the driver prints a line per trial event.
     os.environ[SWEEP_TRIAL_ENV] = "1"
@@ -350,6 +357,7 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
 
     spec = sweep.spec
     sweep_dir = sweep.directory()
+    every_s = progress_every_s()  # a bad setting is an error before anything is written
     try:
         # Before any Ray process: a missing bucket or refused credentials is one line now, not
         # a trial error minutes later.
@@ -427,8 +435,9 @@ def run_sweep(sweep: Sweep, trials: list[dict[str, Any]], *, resume: bool = Fals
                 run_config=tune.RunConfig(name=sweep.name, storage_path=root_path, storage_filesystem=filesystem,
                                           # Tune's own tables and result boxes off: TrialConsole
                                           # prints one line per trial event.
-                                          verbose=0, callbacks=[TrialConsole(spec.metric, max_t_of(sweep, base),
-                                                                             time_attr, log)],
+                                          verbose=0, callbacks=[TrialConsole(
+                                              spec.metric, max_t_of(sweep, base), time_attr, log,
+                                              TrialProgress(context, every_s, log))],
                                           failure_config=tune.FailureConfig(max_failures=0)),
             )
         with _tune_output_off():
@@ -498,14 +507,103 @@ def trial_end_line(trial_id: str, last: Optional[dict[str, Any]], metric: str, s
     return f"trm-ray: trial {trial_id} {how} at epoch {last.get(EPOCH_KEY, '?')} ({score})"
 
 
+def trial_progress_line(trial_id: str, report: dict[str, Any], total_steps: int, global_batch_size: int) -> str:
+    """A running trial between evaluations: its latest train report, the share of its planned
+    steps done, and the time the rest takes at the report's speed."""
+    step = int(report[STEP_KEY])
+    samples_per_s = report.get(SAMPLES_PER_S_KEY) or 0.0
+    eta = (total_steps - step) * global_batch_size / samples_per_s if samples_per_s > 0 else math.inf
+    shown = [f"{key} {report[key]:.4f}" for key in PROGRESS_METRICS if isinstance(report.get(key), (int, float))]
+    return (f"trm-ray: trial {trial_id} step {step}/{total_steps} ({100 * step / max(total_steps, 1):.0f}%): "
+            f"{', '.join(shown + [f'{samples_per_s:.0f} samples/s'])} | ETA {format_duration(eta)}")
+
+
+def latest_train_report(run_dir: str) -> Optional[dict[str, Any]]:
+    """The last train report in the run's metrics.jsonl, None before the first. Read quietly: a
+    line the trial is writing right now is not a damaged file."""
+    text = whole_lines(storage.read_text(storage.join(run_dir, METRICS_FILE)))
+    for line in reversed(text.splitlines()):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and SAMPLES_PER_S_KEY in record and STEP_KEY in record:
+                return record
+    return None
+
+
+class TrialProgress:
+    """Between a trial's evaluations, which can be hours apart at paper scale: every `every_s`
+    seconds, a line per running trial with a train report newer than the one shown last
+    (trial_progress_line), read from the trial's metrics.jsonl (its workers print nothing of
+    their own in a sweep)."""
+
+    def __init__(self, context: dict[str, Any], every_s: float, log: Callable[[str], None] = print):
+        self.context, self.every_s, self.log = context, every_s, log
+        self.next_at: Optional[float] = None  # wall clock: the callback is pickled with the sweep's state
+        self.plans: dict[str, tuple[str, int, int]] = {}  # trial id -> (run folder, planned steps, batch)
+        self.shown: dict[str, int] = {}  # trial id -> the step of its last line
+
+    def __call__(self, trials: list) -> None:
+        now = time.time()
+        if self.next_at is None:
+            self.next_at = now + self.every_s
+        if now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        for trial in trials:
+            if trial.status != "RUNNING":
+                continue
+            try:
+                run_dir, total, batch = self._plan(trial)
+                report = latest_train_report(run_dir)
+            except (OSError, ValueError, ConfigError):  # no report yet, or a folder not reachable now
+                continue
+            if report is not None and self.shown.get(trial.trial_id) != report[STEP_KEY]:
+                self.shown[trial.trial_id] = report[STEP_KEY]
+                self.log(trial_progress_line(trial.trial_id, report, total, batch))
+
+    def _plan(self, trial: Any) -> tuple[str, int, int]:
+        if trial.trial_id not in self.plans:
+            config = trial_train_config(self.context, trial.trial_id, trial_params(trial.config))
+            self.plans[trial.trial_id] = (run_dir_of(config), planned_steps(config), config.global_batch_size)
+        return self.plans[trial.trial_id]
+
+
+def planned_steps(config: TrainConfig) -> int:
+    """The steps of the run's lr schedule, as its training loop counts them."""
+    from trm_ray.data.layout import load_metadata, merge_metadata
+    from trm_ray.optim import total_train_steps
+
+    meta = merge_metadata([load_metadata(path, "train") for path in config.data_paths])
+    return total_train_steps(config.epochs, meta.total_groups, meta.mean_puzzle_examples, config.global_batch_size)
+
+
+def progress_every_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds between a sweep's progress lines: TRM_RAY_PROGRESS_EVERY_S, else 5 minutes."""
+    value = environ.get(PROGRESS_EVERY_ENV)
+    try:
+        return float(value) if value else DEFAULT_PROGRESS_EVERY_S
+    except ValueError:
+        raise SweepError(f"{PROGRESS_EVERY_ENV}={value!r} is not a number of seconds: "
+                         f"set it to e.g. 60, or unset it for every {DEFAULT_PROGRESS_EVERY_S:.0f} s") from None
+
+
 class TrialConsole(Callback):
     """The sweep's console: a line when a trial starts, at each of its evaluations (with
     ASHA's decision: Tune calls callbacks after the scheduler, and marks a result it stops on
-    done) and when it ends. Replaces Tune's own reporter (RunConfig verbose=0)."""
+    done) and when it ends, and a TrialProgress line now and then in between. Replaces Tune's
+    own reporter (RunConfig verbose=0)."""
 
-    def __init__(self, metric: str, max_t: int, time_attr: str, log: Callable[[str], None] = print):
+    def __init__(self, metric: str, max_t: int, time_attr: str, log: Callable[[str], None] = print,
+                 progress: Optional[TrialProgress] = None):
         self.metric, self.max_t, self.time_attr, self.log = metric, max_t, time_attr, log
+        self.progress = progress
         self.last: dict[str, tuple[dict[str, Any], bool]] = {}  # trial id -> (last result, ASHA stopped it)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # getattr: a sweep started by an older trm-ray is resumed with its own pickled console
+        progress = getattr(self, "progress", None)
+        if progress is not None:
+            progress(trials)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.log(trial_started_line(trial.trial_id, trial_params(trial.config)))
@@ -536,7 +634,6 @@ def record_outcomes_in_wandb(sweep_dir: str, context: dict[str, Any], log: Calla
     the driver learnt it; the trial's recorded results complete that summary (a trial ASHA
     stops is killed before its W&B run is finished). Returns how many runs were updated."""
     from trm_ray.tracking import add_to_summary
-    from trm_ray.run_folder import run_dir_of
 
     updated = 0
     for trial_id, history in trial_histories(read_records(sweep_dir)).items():
