@@ -14,8 +14,6 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
@@ -97,9 +95,7 @@ def test_two_workers_train_one_on_each_node(two_nodes, tmp_path):
         seed=3, run_name="two-nodes", tracking={"wandb": False},
         ray={"storage_path": str(tmp_path / "runs"), "num_workers": 2, "resources_per_worker": {"CPU": 1}},
     ))
-    started = time.monotonic()
     result = fit(config, address=cluster.address, report_every_steps=1)
-    elapsed_s = time.monotonic() - started
 
     # Where Ray ran the workers: its actor table keeps finished actors with their node.
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100,
@@ -112,7 +108,6 @@ def test_two_workers_train_one_on_each_node(two_nodes, tmp_path):
     assert max(r["step"] for r in records) >= 2
     assert [r["epoch"] for r in records if r.get("eval/exact_accuracy") is not None] == [1, 2]
     assert result.last_checkpoint and load_checkpoint(result.last_checkpoint) is not None
-    assert elapsed_s < 120, elapsed_s
 
 
 def test_a_stale_cluster_record_is_not_a_cluster(tmp_path, monkeypatch):

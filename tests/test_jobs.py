@@ -260,13 +260,11 @@ def test_submit_runs_a_tiny_training_job_and_its_logs_come_back(cluster_env, mon
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster_env)
     monkeypatch.chdir(ROOT)  # the default --working-dir: this checkout ships
     runner = CliRunner()
-    started = time.monotonic()
     result = runner.invoke(main, ["submit", *FAST_TRAIN_ENV, "--", *_tiny_train_command(tmp_path)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     job_id = result.stdout.splitlines()[0]
     assert job_id.startswith("raysubmit_")
     assert f"job {job_id}: SUCCEEDED" in result.stderr
-    elapsed_s = time.monotonic() - started
 
     logs = runner.invoke(main, ["jobs", "logs", job_id])
     assert logs.exit_code == 0
@@ -279,7 +277,6 @@ def test_submit_runs_a_tiny_training_job_and_its_logs_come_back(cluster_env, mon
     assert listing.exit_code == 0
     (line,) = [row for row in listing.output.splitlines() if row.startswith(job_id)]
     assert "SUCCEEDED" in line and "trm-ray train experiments/quickstart.yaml" in line
-    assert elapsed_s < 120, elapsed_s
 
 
 @pytest.mark.ray
