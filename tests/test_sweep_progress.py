@@ -85,3 +85,19 @@ def test_trial_progress_prints_each_new_report_of_running_trials_once(tmp_path, 
     clock[0] += 60
     progress(trials)
     assert lines[1:] == ["trm-ray: trial a step 40/100 (40%): 40 samples/s | ETA 15s"]
+
+
+def test_planned_steps_of_a_dataset_in_a_folder_and_at_a_uri(tmp_path):
+    """The driver stages no dataset: one at a URI is read from its dataset.json in the store
+    (file:// here; the sweeps at an s3:// URI use the same storage calls)."""
+    from datasets_util import write_dataset
+    from trm_ray.config import TrainConfig
+    from trm_ray.tune.driver import planned_steps
+
+    data = tmp_path / "data"
+    write_dataset(data, [[2, 1], [1], [3], [1, 1], [2], [1]], split="train")  # 6 groups
+    meta = json.loads((data / "train" / "dataset.json").read_text())
+    expected = int(10 * meta["total_groups"] * meta["mean_puzzle_examples"] / 4)
+    for path in (str(data), f"file://{data}"):
+        config = TrainConfig(data_paths=[path], epochs=10, eval_interval=5, global_batch_size=4)
+        assert planned_steps(config) == expected, path

@@ -569,11 +569,17 @@ class TrialProgress:
 
 
 def planned_steps(config: TrainConfig) -> int:
-    """The steps of the run's lr schedule, as its training loop counts them."""
-    from trm_ray.data.layout import load_metadata, merge_metadata
+    """The steps of the run's lr schedule, as its training loop counts them. A dataset at a URI
+    (the driver stages none) is read from its train/dataset.json in the store."""
+    from trm_ray.data.layout import METADATA_FILE, DatasetMetadata, load_metadata, merge_metadata
     from trm_ray.optim import total_train_steps
 
-    meta = merge_metadata([load_metadata(path, "train") for path in config.data_paths])
+    def metadata(path: str) -> DatasetMetadata:
+        if not storage.is_uri(path):
+            return load_metadata(path, "train")
+        return DatasetMetadata.model_validate_json(storage.read_text(storage.join(path, "train", METADATA_FILE)))
+
+    meta = merge_metadata([metadata(path) for path in config.data_paths])
     return total_train_steps(config.epochs, meta.total_groups, meta.mean_puzzle_examples, config.global_batch_size)
 
 
