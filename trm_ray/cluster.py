@@ -107,12 +107,18 @@ def cluster_address(address: Optional[str] = None) -> Optional[str]:
     commands after `ray attach`) records its address in Ray's temp folder, and Ray would join it
     from a bare ray.init() too. A recorded address no live Ray process on this machine uses
     (the head was killed, not stopped) is stale: None. "local" is always a new instance."""
+    return _where(address)[0]
+
+
+def _where(address: Optional[str]) -> tuple[Optional[str], bool]:
+    """(cluster_address(address), whether it is a head found on this machine rather than named)."""
     if address == "local":
-        return None
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        return address
-    return _head_on_this_machine()
+        return None, False
+    named = address or os.environ.get("RAY_ADDRESS")
+    if named:
+        return named, False
+    head = _head_on_this_machine()
+    return head, head is not None
 
 
 def _head_on_this_machine() -> Optional[str]:
@@ -169,11 +175,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, *, in
 
     if ray.is_initialized():
         return False
-    named = address not in (None, "local") or bool(os.environ.get("RAY_ADDRESS"))
-    address = cluster_address(address)
+    address, found_here = _where(address)
     common = {"logging_level": logging_level, "log_to_driver": log_to_driver}
     _filter_console()
-    if address and named and address != "auto":
+    if address and not found_here and address != "auto":
         env = {} if address.startswith("ray://") else {"RAY_ADDRESS": address}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
     elif address:
